@@ -1,0 +1,174 @@
+"""The request/reply protocol: pure functions over ``list[bytes]``, no I/O.
+
+A *request* is a multipart message of exactly two frames, as the client's REQ
+socket sends it (REQ adds the empty delimiter frame, ROUTER adds the peer's
+routing id in front of that; both are stripped before parsing):
+
+    frame 0  address   who the request is from: 1..256 bytes of UTF-8
+    frame 1  data      the payload: any bytes (may be empty)
+
+A request is *malformed* when it has no address (a single frame), an empty
+address, any other frame count, an address that is not UTF-8 or longer than
+256 bytes, or when it is larger than the server's message size limit.
+
+A *reply* has exactly three frames:
+
+    frame 0  status    ``Server response`` or ``Invalid message``
+    frame 1  replica   the name of the server replica that answered
+    frame 2  detail    for ``Invalid message`` the reason; otherwise empty
+
+Server and client share this module; the socket loops around it stay thin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+SERVER_RESPONSE: Final = b"Server response"
+INVALID_MESSAGE: Final = b"Invalid message"
+STATUSES: Final = (SERVER_RESPONSE, INVALID_MESSAGE)
+
+REQUEST_FRAMES: Final = 2
+REPLY_FRAMES: Final = 3
+MAX_ADDRESS_BYTES: Final = 256
+DEFAULT_MAX_MESSAGE_BYTES: Final = 1024 * 1024
+# A ROUTER socket sees [routing id(s)..., b"", request frames...]. Behind
+# proxies there may be a few routing ids; more than this is not an envelope.
+MAX_ROUTING_FRAMES: Final = 8
+
+
+class ProtocolError(Exception):
+    """Base class for everything this service raises about messages."""
+
+
+class MalformedRequest(ProtocolError):
+    """A request that breaks the envelope rules; ``reason`` says which."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class MalformedReply(ProtocolError):
+    """A reply that is not three frames with a known status."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RequestTimeout(ProtocolError):
+    """No reply after the client's last try."""
+
+    def __init__(self, endpoints: Sequence[str], label: str, tries: int) -> None:
+        where = ", ".join(endpoints)
+        super().__init__(f"server at {where} did not answer request {label} after {tries} tries")
+        self.endpoints = tuple(endpoints)
+        self.label = label
+        self.tries = tries
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    address: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: str
+    replica: str
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == SERVER_RESPONSE.decode()
+
+
+def message_size(frames: Sequence[bytes]) -> int:
+    return sum(len(frame) for frame in frames)
+
+
+def encode_request(address: str, data: bytes) -> list[bytes]:
+    """The two frames of a well-formed request."""
+    return [address.encode("utf-8"), data]
+
+
+def encode_request_without_address(data: bytes) -> list[bytes]:
+    """The seed's deliberately malformed request: the data, no address."""
+    return [data]
+
+
+def parse_request(
+    frames: Sequence[bytes], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> Request:
+    """Validate a request's frames; raise ``MalformedRequest`` with a reason."""
+    size = message_size(frames)
+    if size > max_message_bytes:
+        raise MalformedRequest(
+            f"message of {size} bytes exceeds the {max_message_bytes}-byte limit"
+        )
+    if len(frames) == 0:
+        raise MalformedRequest("empty message")
+    if len(frames) == 1:
+        raise MalformedRequest("missing address: 1 frame, expected address and data")
+    if len(frames) != REQUEST_FRAMES:
+        raise MalformedRequest(f"wrong number of frames: {len(frames)}, expected 2 (address, data)")
+    raw_address, data = frames
+    if not raw_address:
+        raise MalformedRequest("empty address")
+    if len(raw_address) > MAX_ADDRESS_BYTES:
+        raise MalformedRequest(f"address of {len(raw_address)} bytes exceeds {MAX_ADDRESS_BYTES}")
+    try:
+        address = bytes(raw_address).decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedRequest("address is not valid UTF-8") from None
+    return Request(address=address, data=bytes(data))
+
+
+def ok_reply(replica: bytes) -> list[bytes]:
+    return [SERVER_RESPONSE, replica, b""]
+
+
+def invalid_reply(replica: bytes, reason: str) -> list[bytes]:
+    return [INVALID_MESSAGE, replica, reason.encode("utf-8")]
+
+
+def parse_reply(frames: Sequence[bytes]) -> Reply:
+    """Decode a reply's frames; raise ``MalformedReply`` if it is not one."""
+    if len(frames) != REPLY_FRAMES:
+        raise MalformedReply(f"wrong number of frames: {len(frames)}, expected 3")
+    status, replica, detail = (bytes(frame) for frame in frames)
+    if status not in STATUSES:
+        raise MalformedReply(f"unknown status {status[:40]!r}")
+    try:
+        return Reply(status.decode(), replica.decode("utf-8"), detail.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise MalformedReply("replica or detail is not valid UTF-8") from None
+
+
+def split_envelope(frames: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """Split what a ROUTER socket received into (routing envelope, request).
+
+    The envelope is the routing id(s) up to and including the empty delimiter
+    that a REQ peer sends; the reply must be sent back behind the same
+    envelope. A peer that sent no delimiter (a bare DEALER) gets its reply
+    behind its routing id alone, so it too hears why its message was refused.
+    """
+    for index in range(1, min(len(frames), MAX_ROUTING_FRAMES + 1)):
+        if not frames[index]:
+            return list(frames[: index + 1]), list(frames[index + 1 :])
+    return list(frames[:1]), list(frames[1:])
+
+
+def respond(
+    frames: Sequence[bytes], replica: bytes, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> tuple[list[bytes], str | None]:
+    """The reply to a request's frames, and the reason if it was malformed."""
+    try:
+        parse_request(frames, max_message_bytes)
+    except MalformedRequest as error:
+        return invalid_reply(replica, error.reason), error.reason
+    return ok_reply(replica), None

@@ -1,0 +1,334 @@
+"""The asyncio ZeroMQ server: the REP side of the request/reply pattern.
+
+By default it serves REQ clients from a ROUTER socket, so many requests are in
+flight at once (bounded by ``--max-inflight``); ``--socket rep`` is the
+textbook REP socket that handles one request at a time. Both use the same
+handler and the pure protocol in ``protocol.py``.
+
+    python3 server.py --bind tcp://*:5555
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import zmq
+import zmq.asyncio
+
+import protocol
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    bind: Sequence[str] = ("tcp://*:5555",)
+    name: str = field(default_factory=socket.gethostname)
+    socket_type: str = "router"
+    max_inflight: int = 1000
+    work_ms: float = 0.0
+    max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES
+    grace_s: float = 5.0
+    heartbeat_ms: int = 10_000
+
+
+class Server:
+    """One replica: binds its socket, answers requests until told to stop."""
+
+    def __init__(self, config: ServerConfig, context: zmq.asyncio.Context) -> None:
+        if config.socket_type not in ("router", "rep"):
+            raise ValueError(f"socket_type must be 'router' or 'rep', not {config.socket_type!r}")
+        self.config = config
+        self._context = context
+        self._name = config.name.encode("utf-8")
+        self._work_s = config.work_ms / 1000
+        self._socket: zmq.asyncio.Socket | None = None
+        self._receiving: asyncio.Future[list[bytes]] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight = asyncio.Semaphore(config.max_inflight)
+        self.endpoints: list[str] = []
+        self.requests_served = 0
+
+    def bind(self) -> list[str]:
+        """Create and bind the socket; return the endpoints actually bound."""
+        kind = zmq.ROUTER if self.config.socket_type == "router" else zmq.REP
+        sock = self._context.socket(kind)
+        try:
+            sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+            sock.setsockopt(zmq.LINGER, 0)
+            if self.config.heartbeat_ms > 0:
+                sock.setsockopt(zmq.HEARTBEAT_IVL, self.config.heartbeat_ms)
+                sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * self.config.heartbeat_ms)
+            for endpoint in self.config.bind:
+                sock.bind(endpoint)
+                self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        self._socket = sock
+        return list(self.endpoints)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Answer requests until ``stop`` is set, then drain and close."""
+        if self._socket is None:
+            self.bind()
+        sock = self._socket
+        if sock is None:  # pragma: no cover - bind() sets it or raises
+            raise RuntimeError("socket not bound")
+        logger.info(
+            "Server %s serving on %s (socket=%s, max_inflight=%d, work_ms=%g)",
+            self.config.name,
+            ", ".join(self.endpoints),
+            self.config.socket_type,
+            self.config.max_inflight,
+            self.config.work_ms,
+        )
+        watcher = asyncio.create_task(self._cancel_receive_on(stop))
+        try:
+            await self._receive_loop(sock, stop)
+        finally:
+            watcher.cancel()
+            await self._drain(sock)
+
+    async def _cancel_receive_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        if self._receiving is not None:
+            # Cancel only the wait for the next request: a request already
+            # received (even one whose future just completed) is answered.
+            self._receiving.cancel()
+
+    async def _receive(self, sock: zmq.asyncio.Socket) -> list[bytes] | None:
+        """The next request's frames, or None once the receive was cancelled by stop."""
+        self._receiving = asyncio.ensure_future(sock.recv_multipart())
+        try:
+            return await self._receiving
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return None
+        finally:
+            self._receiving = None
+
+    async def _receive_loop(self, sock: zmq.asyncio.Socket, stop: asyncio.Event) -> None:
+        rep = self.config.socket_type == "rep"
+        while not stop.is_set():
+            if rep:
+                frames = await self._receive(sock)
+                if frames is None:
+                    return
+                await sock.send_multipart(await self._answer(frames, peer="-"))
+                continue
+            await self._inflight.acquire()
+            frames = None if stop.is_set() else await self._receive(sock)
+            if frames is None:
+                self._inflight.release()
+                return
+            envelope, request = protocol.split_envelope(frames)
+            if self._work_s <= 0:
+                # No work to wait for: answer inline, no task per request.
+                self._inflight.release()
+                await sock.send_multipart(envelope + await self._answer(request, envelope[0]))
+                continue
+            task = asyncio.create_task(self._answer_in_task(sock, envelope, request))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _answer_in_task(
+        self, sock: zmq.asyncio.Socket, envelope: list[bytes], request: list[bytes]
+    ) -> None:
+        try:
+            reply = await self._answer(request, envelope[0])
+            await sock.send_multipart(envelope + reply)
+        finally:
+            self._inflight.release()
+
+    async def _answer(self, request: list[bytes], peer: bytes | str) -> list[bytes]:
+        """The reply to one request; the per-request error boundary."""
+        try:
+            reply, reason = protocol.respond(request, self._name, self.config.max_message_bytes)
+            if reason is not None:
+                logger.error("Invalid message from peer %s: %s", _peer_label(peer), reason)
+            elif self._work_s > 0:
+                await asyncio.sleep(self._work_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.error("Failed to handle a request from %s", _peer_label(peer), exc_info=True)
+            reply = protocol.invalid_reply(self._name, "internal server error")
+        self.requests_served += 1
+        return reply
+
+    async def _drain(self, sock: zmq.asyncio.Socket) -> None:
+        """Finish the requests in flight, then close the socket."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.grace_s
+        pending = set(self._tasks)
+        if pending:
+            logger.info("Stopping: finishing %d request(s) in flight", len(pending))
+            _, pending = await asyncio.wait(pending, timeout=self.config.grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                logger.warning("Grace period over: %d request(s) left unanswered", len(pending))
+        # Give queued replies the rest of the grace period to leave.
+        linger_ms = max(0, int((deadline - loop.time()) * 1000))
+        sock.close(linger=linger_ms)
+        self._socket = None
+        logger.info("Server %s stopped after %d request(s)", self.config.name, self.requests_served)
+
+
+def _peer_label(peer: bytes | str) -> str:
+    return peer.hex() if isinstance(peer, bytes) else peer
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Asynchronous ZeroMQ request/reply server (the REP side).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--bind",
+        action="append",
+        help="endpoint to bind, repeatable (env SERVER_BIND, comma-separated; "
+        "default tcp://*:5555)",
+    )
+    parser.add_argument(
+        "--name",
+        default=_env("SERVER_NAME", socket.gethostname()),
+        help="replica name sent back in every reply (env SERVER_NAME; default the hostname)",
+    )
+    parser.add_argument(
+        "--socket",
+        choices=("router", "rep"),
+        default=_env("SERVER_SOCKET", "router"),
+        help="router: many requests in flight; rep: one at a time (env SERVER_SOCKET)",
+    )
+    parser.add_argument(
+        "--max-inflight",
+        type=_positive_int,
+        default=_env("SERVER_MAX_INFLIGHT", "1000"),
+        help="requests handled at once in router mode (env SERVER_MAX_INFLIGHT)",
+    )
+    parser.add_argument(
+        "--work-ms",
+        type=_non_negative_float,
+        default=_env("SERVER_WORK_MS", "0"),
+        help="simulated asynchronous work per valid request, ms (env SERVER_WORK_MS)",
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=_positive_int,
+        default=_env("SERVER_MAX_MESSAGE_BYTES", str(protocol.DEFAULT_MAX_MESSAGE_BYTES)),
+        help="largest request accepted; larger frames are refused by zmq.MAXMSGSIZE "
+        "(env SERVER_MAX_MESSAGE_BYTES)",
+    )
+    parser.add_argument(
+        "--grace-s",
+        type=_non_negative_float,
+        default=_env("SERVER_GRACE_S", "5"),
+        help="on SIGTERM/SIGINT, time to finish requests in flight (env SERVER_GRACE_S)",
+    )
+    parser.add_argument(
+        "--heartbeat-ms",
+        type=_non_negative_int,
+        default=_env("SERVER_HEARTBEAT_MS", "10000"),
+        help="ZMTP heartbeat interval, keeps idle connections open through nginx; "
+        "0 disables (env SERVER_HEARTBEAT_MS)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        default=_env("LOG_LEVEL", "INFO"),
+        help="logging level (env LOG_LEVEL)",
+    )
+    args = parser.parse_args(argv)
+    if args.bind is None:
+        args.bind = [e.strip() for e in _env("SERVER_BIND", "tcp://*:5555").split(",") if e.strip()]
+    return args
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        bind=tuple(args.bind),
+        name=args.name,
+        socket_type=args.socket,
+        max_inflight=args.max_inflight,
+        work_ms=args.work_ms,
+        max_message_bytes=args.max_message_bytes,
+        grace_s=args.grace_s,
+        heartbeat_ms=args.heartbeat_ms,
+    )
+
+
+async def run(config: ServerConfig) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and exit."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    context = zmq.asyncio.Context()
+    try:
+        server = Server(config, context)
+        server.bind()
+        await server.serve(stop)
+    finally:
+        context.term()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s server: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        asyncio.run(run(config_from_args(args)))
+    except zmq.ZMQError as error:
+        logger.error("Cannot serve on %s: %s", ", ".join(args.bind), error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
