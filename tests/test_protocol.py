@@ -28,12 +28,12 @@ def test_empty_data_is_allowed() -> None:
         ([b"a", b"b", b"c"], "wrong number of frames: 3"),
         ([b"\xff\xfe", b"data"], "not valid UTF-8"),
         ([b"a" * 257, b"data"], "exceeds 256"),
-        ([b"a", b"x" * 100], "exceeds the 64-byte limit"),
+        ([b"a", b"x" * 2000], "exceeds the 1024-byte limit"),
     ],
 )
 def test_malformed_requests_carry_a_reason(frames: list[bytes], reason: str) -> None:
     with pytest.raises(MalformedRequest) as raised:
-        protocol.parse_request(frames, max_message_bytes=64)
+        protocol.parse_request(frames, max_message_bytes=1024)
     assert reason in raised.value.reason
     assert reason in str(raised.value)
 
@@ -86,9 +86,7 @@ def test_malformed_replies_raise(frames: list[bytes]) -> None:
         ([b"id"], [b"id"], []),
     ],
 )
-def test_split_envelope(
-    frames: list[bytes], envelope: list[bytes], body: list[bytes]
-) -> None:
+def test_split_envelope(frames: list[bytes], envelope: list[bytes], body: list[bytes]) -> None:
     assert protocol.split_envelope(frames) == (envelope, body)
 
 
