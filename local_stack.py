@@ -45,6 +45,15 @@ class Replica:
     endpoint: str = ""
     log: list[str] = field(default_factory=list)
     reader: asyncio.Task[None] | None = None
+    _new_line: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait_for_log(self, text: str, count: int = 1) -> None:
+        """Return once ``count`` lines of this replica's log contain ``text``."""
+        while sum(text in line for line in self.log) < count:
+            if self.reader is not None and self.reader.done():
+                raise StackError(f"{self.name}'s log ended before {count} x {text!r}")
+            self._new_line.clear()
+            await self._new_line.wait()
 
 
 def free_port() -> int:
@@ -213,9 +222,11 @@ class LocalStack:
         async for raw in stream:
             line = raw.decode(errors="replace").rstrip()
             replica.log.append(line)
+            replica._new_line.set()
             match = _SERVING.search(line)
             if match and not ready.done():
                 ready.set_result(match.group(1))
+        replica._new_line.set()
         if not ready.done():
             ready.set_exception(
                 StackError(f"{replica.name} exited before serving: {' | '.join(replica.log[-5:])}")

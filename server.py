@@ -56,6 +56,7 @@ class Server:
         self._inflight = asyncio.Semaphore(config.max_inflight)
         self.endpoints: list[str] = []
         self.requests_served = 0
+        self._debug = logger.isEnabledFor(logging.DEBUG)
 
     def bind(self) -> list[str]:
         """Create and bind the socket; return the endpoints actually bound."""
@@ -125,6 +126,8 @@ class Server:
                 frames = await self._receive(sock)
                 if frames is None:
                     return
+                if self._debug:
+                    logger.debug("Request received: %d frame(s)", len(frames))
                 await sock.send_multipart(await self._answer(frames, peer="-"))
                 continue
             await self._inflight.acquire()
@@ -133,6 +136,8 @@ class Server:
                 self._inflight.release()
                 return
             envelope, request = protocol.split_envelope(frames)
+            if self._debug:
+                logger.debug("Request received from peer %s", envelope[0].hex())
             if self._work_s <= 0:
                 # No work to wait for: answer inline, no task per request.
                 self._inflight.release()
