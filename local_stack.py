@@ -188,9 +188,9 @@ class LocalStack:
         if self.use_nginx:
             await self.start_nginx()
 
-    async def start_replica(self, name: str, bind: str = "tcp://127.0.0.1:*") -> Replica:
-        """Start one server process and wait until it says where it serves."""
-        process = await asyncio.create_subprocess_exec(
+    def server_command(self, name: str, bind: str) -> list[str]:
+        """The command line of one server replica."""
+        return [
             sys.executable,
             str(SERVER_SCRIPT),
             "--bind",
@@ -198,6 +198,12 @@ class LocalStack:
             "--name",
             name,
             *self.server_args,
+        ]
+
+    async def start_replica(self, name: str, bind: str = "tcp://127.0.0.1:*") -> Replica:
+        """Start one server process and wait until it says where it serves."""
+        process = await asyncio.create_subprocess_exec(
+            *self.server_command(name, bind),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,

@@ -1,0 +1,161 @@
+"""The client: the seed's output, Lazy Pirate retries, clear failures, the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq.asyncio
+
+import protocol
+from client import Client
+from local_stack import LocalStack, free_port
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+TIMEOUT_S = 15.0
+
+SEED_LINES = [
+    line
+    for n in range(5)
+    for line in (
+        f"Sending request: {n}",
+        "Received response: " + ("Invalid message" if n == 2 else "Server response"),
+    )
+]
+
+
+async def run_client_cli(*args: str) -> tuple[int, str, str, float]:
+    """Run client.py; return exit status, stdout, stderr and seconds taken."""
+    started = time.perf_counter()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(PROJECT_DIR / "client.py"),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT_S)
+    elapsed_s = time.perf_counter() - started
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode(), elapsed_s
+
+
+async def test_cli_prints_the_seed_lines_and_exits_zero(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    async with LocalStack(1, nginx=False) as stack:
+        status, stdout, stderr, _ = await run_client_cli(
+            "--connect", stack.endpoints[0], "--requests", "5", "--report", str(report)
+        )
+    assert status == 0, stderr
+    assert stdout.splitlines() == SEED_LINES
+    assert '"replica": "replica-1"' in report.read_text()
+
+
+async def test_cli_without_server_fails_fast_and_clearly() -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    status, stdout, stderr, elapsed_s = await run_client_cli(
+        "--connect", endpoint, "--timeout-ms", "200", "--retries", "3"
+    )
+    print(f"no server: exit {status} after {elapsed_s:.2f} s (3 x 200 ms of waiting)")
+    assert status == 1
+    assert stdout.splitlines() == ["Sending request: 0"]
+    assert f"error: server at {endpoint} did not answer request 0 after 3 tries" in stderr
+    # 3 x 200 ms of polling plus interpreter start-up: bounded, never a hang.
+    assert elapsed_s < 0.6 + 5.0
+
+
+async def test_ping_exit_status(make_client: Callable[..., Client]) -> None:
+    async with LocalStack(1, nginx=False) as stack:
+        status, _, _, _ = await run_client_cli("--ping", "--connect", stack.endpoints[0])
+    assert status == 0
+    down = f"tcp://127.0.0.1:{free_port()}"
+    status, _, stderr, _ = await run_client_cli(
+        "--ping", "--connect", down, "--timeout-ms", "200", "--retries", "1"
+    )
+    assert status == 1
+    assert "did not answer request ping after 1 tries" in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--requests", "many"], "not an integer"),
+        (["--retries", "0"], "must be at least 1"),
+        (["--malformed", "-2"], "must be at least -1"),
+        (["--timeout-ms", "0"], "must be at least 1"),
+        (["--bogus"], "unrecognized arguments"),
+    ],
+)
+async def test_bad_arguments_get_a_usage_error(args: list[str], complaint: str) -> None:
+    status, _, stderr, _ = await run_client_cli(*args)
+    assert status == 2
+    assert "usage:" in stderr
+    assert complaint in stderr
+
+
+async def test_request_raises_timeout_after_last_try(make_client: Callable[..., Client]) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    client = make_client([endpoint], timeout_ms=100, tries=2)
+    async with asyncio.timeout(TIMEOUT_S):
+        with pytest.raises(protocol.RequestTimeout) as raised:
+            await client.request(protocol.encode_request("c", b"x"), "7")
+    assert raised.value.tries == 2
+    assert str(raised.value) == f"server at {endpoint} did not answer request 7 after 2 tries"
+
+
+class _RetryWatcher(logging.Handler):
+    """Sets an event when the client logs that a try went unanswered."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.timed_out = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "No reply to request" in record.getMessage():
+            self.timed_out.set()
+
+
+async def test_server_started_late_is_reached_by_a_retry(
+    start_server: Callable[..., Any], make_client: Callable[..., Client]
+) -> None:
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    client = make_client([endpoint], timeout_ms=200, tries=20)
+    watcher = _RetryWatcher()
+    logging.getLogger("client").addHandler(watcher)
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            pending = asyncio.create_task(client.request(protocol.encode_request("c", b"x")))
+            await watcher.timed_out.wait()  # the first try went unanswered
+            await start_server(bind=(endpoint,))
+            reply = await pending
+    finally:
+        logging.getLogger("client").removeHandler(watcher)
+    assert reply.ok
+    assert client.last_tries >= 2
+
+
+async def test_requests_through_several_endpoints_are_balanced(
+    start_server: Callable[..., Any], make_client: Callable[..., Client]
+) -> None:
+    servers = [await start_server(name=f"r{i}") for i in range(3)]
+    client = make_client([s.endpoint for s in servers])
+    async with asyncio.timeout(TIMEOUT_S):
+        replies = [await client.request(protocol.encode_request("c", b"x")) for _ in range(9)]
+    assert {reply.replica for reply in replies} == {"r0", "r1", "r2"}
+
+
+async def test_client_closes_its_socket_so_the_context_terminates(
+    context: zmq.asyncio.Context, make_client: Callable[..., Client]
+) -> None:
+    """After a timeout the socket is closed with linger 0 (the fixture checks term)."""
+    client = make_client([f"tcp://127.0.0.1:{free_port()}"], timeout_ms=50, tries=1)
+    async with asyncio.timeout(TIMEOUT_S):
+        with pytest.raises(protocol.RequestTimeout):
+            await client.request(protocol.encode_request("c", b"x"))
