@@ -1,0 +1,30 @@
+"""The ceiling: the least a ZeroMQ reply server can do, a synchronous REP echo loop.
+
+    python bench/ceiling.py --bind tcp://127.0.0.1:*
+
+Prints ``ceiling serving on <endpoint>`` once bound, then echoes every request
+until killed (SIGTERM's default action ends it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import zmq
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Synchronous pyzmq REP echo loop.")
+    parser.add_argument("--bind", default="tcp://127.0.0.1:*", help="endpoint to bind")
+    args = parser.parse_args(argv)
+    sock = zmq.Context().socket(zmq.REP)
+    sock.bind(args.bind)
+    print(f"ceiling serving on {sock.getsockopt_string(zmq.LAST_ENDPOINT)}", flush=True)
+    while True:
+        sock.send_multipart(sock.recv_multipart())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
