@@ -26,6 +26,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+import keys
 import protocol
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ class ClientConfig:
     timeout_ms: int = 2500
     tries: int = 3
     heartbeat_ms: int = 10_000
+    # CurveZMQ: the server's public .key file, and this client's .key_secret
+    # (None with a server key: a throwaway key pair, encrypted but not authorized).
+    curve_server_key: str | None = None
+    curve_secret_key: str | None = None
 
 
 class Client:
@@ -57,10 +62,13 @@ class Client:
         self._context = context
         self._socket: zmq.asyncio.Socket | None = None
         self.last_tries = 0
+        self._curve = keys.ClientCurve.load(config.curve_server_key, config.curve_secret_key)
 
     def _open(self) -> zmq.asyncio.Socket:
         sock = self._context.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
+        if self._curve is not None:
+            self._curve.apply(sock)
         if self.config.heartbeat_ms > 0:
             sock.setsockopt(zmq.HEARTBEAT_IVL, self.config.heartbeat_ms)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * self.config.heartbeat_ms)
@@ -233,6 +241,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="write every request's status, replica, latency and tries as JSON to PATH",
     )
     parser.add_argument(
+        "--curve-server-key",
+        metavar="PATH",
+        default=_env("CLIENT_CURVE_SERVER_KEY", "") or None,
+        help="CurveZMQ: the server's public .key certificate; turns encryption on "
+        "(env CLIENT_CURVE_SERVER_KEY; default: no encryption)",
+    )
+    parser.add_argument(
+        "--curve-secret-key",
+        metavar="PATH",
+        default=_env("CLIENT_CURVE_SECRET_KEY", "") or None,
+        help="CurveZMQ: this client's .key_secret certificate, whose public key the server "
+        "must authorize (env CLIENT_CURVE_SECRET_KEY; default: a throwaway key pair)",
+    )
+    parser.add_argument(
         "--log-level",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         default=_env("LOG_LEVEL", "WARNING"),
@@ -254,6 +276,8 @@ def config_from_args(args: argparse.Namespace) -> ClientConfig:
         timeout_ms=args.timeout_ms,
         tries=args.retries,
         heartbeat_ms=args.heartbeat_ms,
+        curve_server_key=args.curve_server_key,
+        curve_secret_key=args.curve_secret_key,
     )
 
 
@@ -289,7 +313,7 @@ async def run(args: argparse.Namespace) -> int:
             await run_requests(
                 client, args.address, args.requests, args.malformed, args.interval_ms, results
             )
-    except protocol.ProtocolError as failure:
+    except (protocol.ProtocolError, keys.CurveKeyError) as failure:
         error = str(failure)
         print(f"error: {error}", file=sys.stderr, flush=True)
     finally:

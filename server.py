@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 
 import zmq
 import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
 
+import keys
 import protocol
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,10 @@ class ServerConfig:
     max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES
     grace_s: float = 5.0
     heartbeat_ms: int = 10_000
+    # CurveZMQ: the server's .key_secret file, and the directory of client
+    # public keys allowed in (None: any client key, encrypted all the same).
+    curve_secret_key: str | None = None
+    curve_authorized_keys: str | None = None
 
 
 class Server:
@@ -57,6 +63,7 @@ class Server:
         self.endpoints: list[str] = []
         self.requests_served = 0
         self._debug = logger.isEnabledFor(logging.DEBUG)
+        self._authenticator: AsyncioAuthenticator | None = None
 
     def bind(self) -> list[str]:
         """Create and bind the socket; return the endpoints actually bound."""
@@ -68,14 +75,50 @@ class Server:
             if self.config.heartbeat_ms > 0:
                 sock.setsockopt(zmq.HEARTBEAT_IVL, self.config.heartbeat_ms)
                 sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * self.config.heartbeat_ms)
+            self._secure(sock)
             for endpoint in self.config.bind:
                 sock.bind(endpoint)
                 self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         except BaseException:
             sock.close(linger=0)
+            self._stop_authenticator()
             raise
         self._socket = sock
         return list(self.endpoints)
+
+    def _secure(self, sock: zmq.asyncio.Socket) -> None:
+        """Make ``sock`` a CURVE server, with ZAP checking client keys, if configured.
+
+        The authenticator is started before the socket binds, so no handshake
+        can happen without it; it runs in this event loop.
+        """
+        config = self.config
+        if config.curve_secret_key is None:
+            if config.curve_authorized_keys is not None:
+                raise keys.CurveKeyError("--curve-authorized-keys needs --curve-secret-key")
+            return
+        pair = keys.load_key_pair(config.curve_secret_key)
+        if config.curve_authorized_keys is not None:
+            count = keys.check_authorized_keys(config.curve_authorized_keys)
+            asyncio.get_running_loop()  # raises outside the loop that will answer ZAP
+            authenticator = AsyncioAuthenticator(self._context)
+            authenticator.start()
+            self._authenticator = authenticator
+            # No allow(): every IP may try (behind nginx they all look alike); the key decides.
+            authenticator.configure_curve(domain="*", location=config.curve_authorized_keys)
+            logger.info(
+                "CURVE on: %d authorized client key(s) in %s", count, config.curve_authorized_keys
+            )
+        else:
+            logger.warning("CURVE on without --curve-authorized-keys: any client key is accepted")
+        sock.curve_secretkey = pair.secret
+        sock.curve_publickey = pair.public
+        sock.curve_server = True
+
+    def _stop_authenticator(self) -> None:
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Answer requests until ``stop`` is set, then drain and close."""
@@ -98,6 +141,7 @@ class Server:
         finally:
             watcher.cancel()
             await self._drain(sock)
+            self._stop_authenticator()
 
     async def _cancel_receive_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -254,6 +298,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "0 disables (env SERVER_HEARTBEAT_MS)",
     )
     parser.add_argument(
+        "--curve-secret-key",
+        metavar="PATH",
+        default=_env("SERVER_CURVE_SECRET_KEY", "") or None,
+        help="CurveZMQ: this server's .key_secret certificate (see keys.py); clients then "
+        "need its public .key (env SERVER_CURVE_SECRET_KEY; default: no encryption)",
+    )
+    parser.add_argument(
+        "--curve-authorized-keys",
+        metavar="DIR",
+        default=_env("SERVER_CURVE_AUTHORIZED_KEYS", "") or None,
+        help="CurveZMQ: directory of the client public keys (*.key) allowed to connect; "
+        "others are refused by ZAP (env SERVER_CURVE_AUTHORIZED_KEYS; default: any client key)",
+    )
+    parser.add_argument(
         "--log-level",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         default=_env("LOG_LEVEL", "INFO"),
@@ -302,6 +360,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_message_bytes=args.max_message_bytes,
         grace_s=args.grace_s,
         heartbeat_ms=args.heartbeat_ms,
+        curve_secret_key=args.curve_secret_key,
+        curve_authorized_keys=args.curve_authorized_keys,
     )
 
 
@@ -331,6 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(run(config_from_args(args)))
     except zmq.ZMQError as error:
         logger.error("Cannot serve on %s: %s", ", ".join(args.bind), error)
+        return 1
+    except keys.CurveKeyError as error:
+        logger.error("Cannot set up CURVE: %s", error)
         return 1
     return 0
 
