@@ -1,0 +1,215 @@
+"""nginx.conf against a real nginx on loopback, in front of real server replicas.
+
+The stack comes from local_stack.LocalStack, which renders the project's
+nginx.conf with the replicas' loopback ports (and, where asked, a directive
+changed, such as a short ``proxy_timeout``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+import protocol
+from client import Client, ClientConfig
+from local_stack import NGINX_CONF, LocalStack, nginx_binary
+
+pytestmark = [
+    pytest.mark.nginx,
+    pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed"),
+]
+
+REPLY_TIMEOUT_S = 5.0
+# nginx closes a connection after this long without traffic in either direction.
+SHORT_PROXY_TIMEOUT = "1s"
+HEARTBEAT_MS = 200
+# Idle for three times proxy_timeout: without heartbeats nginx cuts the connection.
+IDLE_S = 3.0
+ZMTP_SIGNATURE_BYTES = 10
+
+
+async def request(client: Client, label: str) -> protocol.Reply:
+    frames = protocol.encode_request("nginx-test", label.encode())
+    return await asyncio.wait_for(client.request(frames, label), REPLY_TIMEOUT_S)
+
+
+def open_socket(client: Client) -> zmq.asyncio.Socket:
+    """The client's current socket (opened by its first request)."""
+    sock = client._socket
+    if sock is None:
+        pytest.fail("the client has no open socket")
+    return sock
+
+
+async def disconnected_within(monitor: zmq.asyncio.Socket, seconds: float) -> bool:
+    """True as soon as the monitored socket loses its connection; False after ``seconds``."""
+
+    async def wait_for_disconnect() -> None:
+        while True:
+            event = parse_monitor_message(await monitor.recv_multipart())
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                return
+
+    try:
+        await asyncio.wait_for(wait_for_disconnect(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+@contextlib.asynccontextmanager
+async def idle_stack(server_heartbeat_ms: int) -> AsyncIterator[LocalStack]:
+    async with LocalStack(
+        1,
+        server_args=["--heartbeat-ms", str(server_heartbeat_ms)],
+        nginx=True,
+        nginx_overrides={"proxy_timeout": SHORT_PROXY_TIMEOUT},
+    ) as stack:
+        yield stack
+
+
+@pytest.mark.parametrize(
+    ("server_heartbeat_ms", "client_heartbeat_ms"),
+    [(HEARTBEAT_MS, HEARTBEAT_MS), (HEARTBEAT_MS, 0), (0, HEARTBEAT_MS)],
+    ids=["both", "server-only", "client-only"],
+)
+async def test_idle_connection_outlives_proxy_timeout_with_heartbeats(
+    context: zmq.asyncio.Context, server_heartbeat_ms: int, client_heartbeat_ms: int
+) -> None:
+    async with idle_stack(server_heartbeat_ms) as stack:
+        config = ClientConfig(stack.endpoints, heartbeat_ms=client_heartbeat_ms)
+        async with Client(config, context) as client:
+            assert (await request(client, "before")).ok
+            sock = open_socket(client)
+            monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            try:
+                assert not await disconnected_within(monitor, IDLE_S), (
+                    f"nginx closed a connection idle for {IDLE_S} s although heartbeats "
+                    f"were on (proxy_timeout {SHORT_PROXY_TIMEOUT})"
+                )
+                assert (await request(client, "after")).ok
+                assert open_socket(client) is sock, "the reply needed a Lazy Pirate retry"
+            finally:
+                sock.disable_monitor()
+                monitor.close(linger=0)
+
+
+async def test_idle_connection_is_cut_after_proxy_timeout_without_heartbeats(
+    context: zmq.asyncio.Context,
+) -> None:
+    """The control: with heartbeats off, the same idle connection is closed."""
+    async with idle_stack(0) as stack:
+        config = ClientConfig(stack.endpoints, heartbeat_ms=0)
+        async with Client(config, context) as client:
+            assert (await request(client, "before")).ok
+            sock = open_socket(client)
+            monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            try:
+                assert await disconnected_within(monitor, IDLE_S), (
+                    f"nginx kept an idle connection without heartbeats for {IDLE_S} s; "
+                    f"proxy_timeout {SHORT_PROXY_TIMEOUT} is not in force"
+                )
+            finally:
+                sock.disable_monitor()
+                monitor.close(linger=0)
+            # ZeroMQ reconnects by itself; the next request is answered.
+            assert (await request(client, "after")).ok
+
+
+def read_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def wait_for_lines(path: Path, count: int, timeout_s: float) -> list[str]:
+    """The file's lines once it has at least ``count`` (nginx logs a connection when it ends)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            lines = read_lines(path)
+            if len(lines) >= count:
+                return lines
+            await asyncio.sleep(0.05)  # a file written by another process: nothing to await
+
+
+async def test_least_conn_sends_new_connections_to_the_least_busy_replicas(
+    context: zmq.asyncio.Context, tmp_path: Path
+) -> None:
+    """Round robin would give the 4th connection to the 1st replica; least_conn does not."""
+    access_log = tmp_path / "access.log"
+    async with LocalStack(
+        3, nginx=True, nginx_overrides={"access_log": f"{access_log} zmq"}
+    ) as stack:
+        # LocalStack's own probe of the port is the first connection logged.
+        logged = len(await wait_for_lines(access_log, 1, REPLY_TIMEOUT_S))
+        first = [Client(ClientConfig(stack.endpoints), context) for _ in range(3)]
+        try:
+            replicas = [(await request(c, f"first-{i}")).replica for i, c in enumerate(first)]
+            assert sorted(replicas) == ["replica-1", "replica-2", "replica-3"]
+            # Keep the 1st connection; close the others and wait until nginx logged both.
+            for client in first[1:]:
+                client.close()
+            lines = await wait_for_lines(access_log, logged + 2, REPLY_TIMEOUT_S)
+            for line in lines[logged:]:
+                assert re.search(r"upstream=127\.0\.0\.1:\d+ status=200 ", line), line
+            later = [Client(ClientConfig(stack.endpoints), context) for _ in range(2)]
+            try:
+                again = {(await request(c, f"later-{i}")).replica for i, c in enumerate(later)}
+            finally:
+                for client in later:
+                    client.close()
+        finally:
+            for client in first:
+                client.close()
+    assert again == set(replicas[1:]), (
+        f"new connections went to {sorted(again)}, not to the idle replicas {replicas[1:]}"
+    )
+
+
+async def zmtp_greeting(port: int) -> bytes:
+    """Connect through nginx and read the first bytes the replica sends."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        return await asyncio.wait_for(reader.readexactly(ZMTP_SIGNATURE_BYTES), REPLY_TIMEOUT_S)
+    except asyncio.IncompleteReadError as closed:
+        return closed.partial
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def test_connections_skip_replicas_that_are_down() -> None:
+    """proxy_next_upstream: a refused connect is retried on the next replica.
+
+    Two of three replicas are stopped. Every connection through nginx must
+    still reach the live one and read its ZMTP greeting; without
+    proxy_next_upstream, a connection that nginx first sends to a stopped
+    replica is closed before any byte arrives.
+    """
+    async with LocalStack(3, nginx=True) as stack:
+        for replica in stack.replicas[1:]:
+            assert await stack.stop_replica(replica) == 0
+        greetings = [await zmtp_greeting(stack.nginx_port) for _ in range(6)]
+    for greeting in greetings:
+        assert len(greeting) == ZMTP_SIGNATURE_BYTES, f"connection closed early: {greeting!r}"
+        assert greeting[0] == 0xFF
+        assert greeting[-1] == 0x7F
+
+
+def test_config_runs_on_official_and_debian_images_alike() -> None:
+    """No load_module (the official image has stream built in); the shape local_stack needs."""
+    text = NGINX_CONF.read_text()
+    directives = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    assert not any(d.startswith("load_module") for d in directives)
+    assert "listen 5555;" in directives
+    assert any(re.fullmatch(r"upstream zmq_servers \{", d) for d in directives)
+    assert any(
+        re.fullmatch(r"server \S+:5555 .*max_fails=\d+ fail_timeout=\d+s;", d) for d in directives
+    )
