@@ -154,6 +154,7 @@ async def run_client(args: argparse.Namespace, run: ClientRun, index: int, width
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=PROJECT_DIR,  # where docker-compose finds docker-compose.yml (and .env)
     )
     try:
         if process.stdout is None or process.stderr is None:  # pragma: no cover
