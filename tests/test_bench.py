@@ -1,12 +1,23 @@
-"""The benchmark harness runs end to end (tiny counts, no timing assertions)."""
+"""The benchmark harness runs end to end (tiny counts, no timing assertions),
+and the server's batched hot path that the benchmarks drove stays correct."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
+import zmq
+import zmq.asyncio
+
+import protocol
+import server
 from local_stack import nginx_binary
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -53,3 +64,41 @@ def test_json_output_has_a_row_per_measurement() -> None:
     assert measured == [("ceiling", 1), ("ceiling", 2), ("direct", 1), ("direct", 2)]
     assert all(row["replies"] > 0 and row["errors"] == 0 for row in document["rows"])
     assert document["machine"]["cpus"]
+
+
+async def test_pipelined_bursts_are_all_answered_in_order_with_one_error_line_each(
+    start_server: Callable[..., Any],
+    context: zmq.asyncio.Context,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """More requests queued at once than one batch holds: every one is answered, in order."""
+    running = await start_server(name="burst")
+    caplog.set_level(logging.ERROR, logger="server")
+    count = 2 * server.ANSWER_BATCH + 17
+    dealers = [context.socket(zmq.DEALER) for _ in range(2)]
+    try:
+        for dealer in dealers:
+            dealer.connect(running.endpoint)
+        requests = [
+            [b"", b"", b"no address"] if i % 10 == 3 else [b"", f"c{i}".encode(), b"x"]
+            for i in range(count)
+        ]
+        async with asyncio.timeout(30):
+            for dealer in dealers:
+                for request in requests:
+                    await dealer.send_multipart(request)
+            replies = [[await d.recv_multipart() for _ in requests] for d in dealers]
+    finally:
+        for dealer in dealers:
+            dealer.close(linger=0)
+    expected = [
+        protocol.INVALID_MESSAGE if i % 10 == 3 else protocol.SERVER_RESPONSE for i in range(count)
+    ]
+    for answered in replies:
+        assert [reply[1] for reply in answered] == expected
+        assert all(reply[0] == b"" and reply[2] == b"burst" for reply in answered)
+    malformed = 2 * expected.count(protocol.INVALID_MESSAGE)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == malformed
+    assert all("Invalid message from peer" in e and "empty address" in e for e in errors)
+    assert running.server.requests_served == 2 * count
