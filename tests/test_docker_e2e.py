@@ -1,0 +1,402 @@
+"""The whole system under docker-compose, for real: build, run, scale, kill, stop.
+
+One compose project of its own (name and published port of its own, on
+127.0.0.1), started once for the module with ``docker-compose up -d --build``
+and always removed with ``down -v`` afterwards. The tests run in file order on
+that one project:
+
+1. the ``client`` service (the seed's demo) printed the seed's lines, exit 0;
+2. ``run_clients.py`` on the host, 6 clients through the published port: every
+   request answered as it should be, by all 3 replicas;
+3. ``run_clients.py --docker``: the clients as ``docker-compose run`` containers;
+4. ``docker kill`` of a replica while 6 clients run: nothing lost, exit 0;
+5. ``--scale server=4`` and a reload of nginx: the new replica gets connections;
+6. ``docker-compose stop`` in under 5 s, every container exiting 0; ``down -v``
+   leaves no container and no network.
+
+Without a Docker engine (or without docker-compose) the module is skipped and
+says why; ``bash ../shared/docker-offline/setup.sh .`` provides both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq.asyncio
+
+import protocol
+from client import Client, ClientConfig
+from local_stack import free_port
+from run_clients import compose_command
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+RUN_CLIENTS = PROJECT_DIR / "run_clients.py"
+
+# Bounds on every wait. Building from cold installs pyzmq in the images.
+UP_TIMEOUT_S = 480.0
+COMPOSE_TIMEOUT_S = 60.0
+HEALTHY_TIMEOUT_S = 60.0
+ANSWER_TIMEOUT_S = 30.0
+CLIENTS_TIMEOUT_S = 120.0
+STOP_LIMIT_S = 5.0
+POLL_INTERVAL_S = 0.5
+
+SEED_REQUESTS = 10
+MALFORMED = 2
+# The kill test: 6 clients of 60 requests, 50 ms apart, so they run for a few
+# seconds; the replica is killed once this many replies have come back.
+KILL_CLIENTS = 6
+KILL_REQUESTS = 60
+KILL_AFTER_REPLIES = 60
+
+
+def engine_problem() -> str | None:
+    """Why there is no Docker engine and compose to test with, or None."""
+    checks = (
+        (["docker", "info", "--format", "{{.ServerVersion}}"], "no Docker engine answers"),
+        ([*compose_command(), "version"], "no docker-compose (nor `docker compose`)"),
+    )
+    for command, problem in checks:
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+        except FileNotFoundError:
+            return f"{problem}: `{command[0]}` is not installed"
+        except subprocess.TimeoutExpired:
+            return f"{problem}: `{' '.join(command)}` took over 30 s"
+        if done.returncode != 0:
+            return f"{problem}: {done.stderr.strip()[:200]}"
+    return None
+
+
+ENGINE_PROBLEM = engine_problem()
+
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.skipif(
+        ENGINE_PROBLEM is not None,
+        reason=f"{ENGINE_PROBLEM}; as root, `bash ../shared/docker-offline/setup.sh .` "
+        "installs and starts one",
+    ),
+]
+
+
+def run(command: Sequence[str], timeout_s: float, env: dict[str, str] | None = None) -> str:
+    """Run a command from the project directory; its stdout, or a test failure with stderr."""
+    try:
+        done = subprocess.run(
+            list(command),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            env=env,
+            cwd=PROJECT_DIR,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`{' '.join(command)}` took over {timeout_s} s")
+    if done.returncode != 0:
+        pytest.fail(f"`{' '.join(command)}` failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+def docker(*args: str, timeout_s: float = COMPOSE_TIMEOUT_S) -> str:
+    return run(["docker", *args], timeout_s)
+
+
+@dataclass(frozen=True)
+class Project:
+    """This test's compose project: its own name and published port."""
+
+    name: str
+    port: int
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+        return {
+            **env,
+            "COMPOSE_PROJECT_NAME": self.name,
+            "NGINX_PORT": str(self.port),
+            "NGINX_HOST_IP": "127.0.0.1",
+        }
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def compose(self, *args: str, timeout_s: float = COMPOSE_TIMEOUT_S) -> str:
+        return run([*compose_command(), *args], timeout_s, self.env)
+
+    def containers(self, service: str) -> list[str]:
+        """Full ids of the service's containers, running or not."""
+        return self.compose("ps", "-q", service).split()
+
+    def replica_names(self) -> set[str]:
+        """What the servers put in their replies: the hostname, the id's first 12 digits."""
+        return {container[:12] for container in self.containers("server")}
+
+    def leftovers(self) -> dict[str, list[str]]:
+        label = f"label=com.docker.compose.project={self.name}"
+        found = {
+            "containers": docker("ps", "-aq", "--filter", label).split(),
+            "networks": docker("network", "ls", "-q", "--filter", label).split(),
+        }
+        return {kind: ids for kind, ids in found.items() if ids}
+
+
+def wait_healthy(project: Project, count: int) -> None:
+    """Until ``count`` server containers report healthy; bounded."""
+    deadline = time.monotonic() + HEALTHY_TIMEOUT_S
+    while True:
+        ids = project.containers("server")
+        states = docker("inspect", "-f", "{{.State.Health.Status}}", *ids).split() if ids else []
+        if states.count("healthy") >= count:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"servers not healthy after {HEALTHY_TIMEOUT_S} s: {states}")
+        time.sleep(POLL_INTERVAL_S)  # polling the engine's health state: no event to await
+
+
+async def probe(context: zmq.asyncio.Context, endpoint: str) -> str:
+    """One request on a new connection through nginx; the replica that answered."""
+    config = ClientConfig(endpoints=(endpoint,), timeout_ms=1000, tries=1, heartbeat_ms=0)
+    async with Client(config, context) as client:
+        reply = await client.request(protocol.encode_request("probe", b"which replica?"), "probe")
+    assert reply.ok, reply
+    return reply.replica
+
+
+async def wait_for_replica(endpoint: str, replica: str | None = None) -> None:
+    """Until a new connection through nginx is answered (by ``replica``, if given); bounded."""
+    context = zmq.asyncio.Context()
+    try:
+        async with asyncio.timeout(ANSWER_TIMEOUT_S):
+            while True:
+                try:
+                    answered = await probe(context, endpoint)
+                except protocol.RequestTimeout:
+                    continue
+                if replica is None or answered == replica:
+                    return
+    finally:
+        context.destroy(linger=0)
+
+
+@pytest.fixture(scope="module")
+def project() -> Iterator[Project]:
+    started = Project(f"zmqe2e{os.getpid()}", free_port())
+    try:
+        # `up` waits for the servers' health checks before it starts nginx.
+        started.compose("up", "-d", "--build", timeout_s=UP_TIMEOUT_S)
+        wait_healthy(started, 3)
+        asyncio.run(wait_for_replica(started.endpoint))
+        yield started
+    finally:
+        subprocess.run(
+            [*compose_command(), "down", "-v", "--remove-orphans", "--timeout", "10"],
+            capture_output=True,
+            timeout=COMPOSE_TIMEOUT_S,
+            check=False,
+            env=started.env,
+            cwd=PROJECT_DIR,
+        )
+
+
+# --- reading the clients' output ----------------------------------------------------
+
+_CLIENT_LINE = re.compile(r"(client[_-]\d+)\s+\| (Sending request: \d+|Received response: .*)$")
+
+
+def seed_lines(requests: int) -> list[str]:
+    """What one client prints: each request, then its reply; request 2 is malformed."""
+    lines = []
+    for number in range(requests):
+        status = protocol.INVALID_MESSAGE if number == MALFORMED else protocol.SERVER_RESPONSE
+        lines += [f"Sending request: {number}", f"Received response: {status.decode()}"]
+    return lines
+
+
+def lines_per_client(output: str) -> dict[str, list[str]]:
+    """The request and reply lines of each ``client_N  | ...`` prefix, in order."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for line in output.splitlines():
+        match = _CLIENT_LINE.match(line)
+        if match:
+            found[match.group(1)].append(match.group(2))
+    return dict(found)
+
+
+def assert_every_request_answered(output: str, clients: int, requests: int) -> None:
+    found = lines_per_client(output)
+    assert sorted(found) == sorted(f"client_{i}" for i in range(1, clients + 1)), output
+    for name, lines in found.items():
+        assert lines == seed_lines(requests), f"{name}:\n" + "\n".join(lines)
+
+
+@dataclass
+class ClientsRun:
+    output: str
+    summary: dict[str, Any]
+    exit_code: int
+
+
+async def run_clients(
+    project: Project, *args: str, replies_seen: tuple[int, asyncio.Event] | None = None
+) -> ClientsRun:
+    """``run_clients.py ARGS --json``; sets the event once that many replies were printed."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(RUN_CLIENTS),
+        *args,
+        "--json",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=project.env,
+        cwd=PROJECT_DIR,
+    )
+    lines: list[str] = []
+    replies = 0
+
+    async def read() -> None:
+        nonlocal replies
+        if process.stdout is None:  # pragma: no cover - always piped
+            return
+        async for raw in process.stdout:
+            lines.append(raw.decode(errors="replace").rstrip("\n"))
+            if "| Received response: " in lines[-1]:
+                replies += 1
+                if replies_seen is not None and replies >= replies_seen[0]:
+                    replies_seen[1].set()
+
+    try:
+        async with asyncio.timeout(CLIENTS_TIMEOUT_S):
+            await read()
+            exit_code = await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    output = "\n".join(lines)
+    if "{" not in lines:
+        pytest.fail(f"run_clients.py printed no summary:\n{output}")
+    summary = json.loads("\n".join(lines[lines.index("{") :]))
+    return ClientsRun(output, summary, exit_code)
+
+
+def assert_all_answered(result: ClientsRun, clients: int, requests: int) -> None:
+    assert result.exit_code == 0, result.output
+    assert result.summary["ok"], result.output
+    total = result.summary["total"]
+    assert total["sent"] == clients * requests
+    assert total["failed"] == 0
+    assert total["invalid_message"] == clients
+    assert_every_request_answered(result.output, clients, requests)
+
+
+# --- the tests, in order ---------------------------------------------------------
+
+
+def test_client_service_prints_the_seed_lines(project: Project) -> None:
+    (client,) = project.containers("client")
+    exit_code = docker("wait", client, timeout_s=ANSWER_TIMEOUT_S).strip()
+    logs = project.compose("logs", "--no-color", "client")
+    assert exit_code == "0", logs
+    assert lines_per_client(logs) == {"client_1": seed_lines(SEED_REQUESTS)}, logs
+
+
+async def test_clients_on_the_host_are_answered_by_all_replicas(project: Project) -> None:
+    result = await run_clients(
+        project,
+        *("--clients", "6", "--requests", "20", "--interval-ms", "20"),
+        *("--connect", project.endpoint),
+    )
+    assert_all_answered(result, 6, 20)
+    assert set(result.summary["replicas"]) == project.replica_names(), result.summary["replicas"]
+
+
+async def test_clients_in_containers(project: Project) -> None:
+    result = await run_clients(project, "--docker", "--clients", "2", "--requests", "5")
+    assert_all_answered(result, 2, 5)
+    assert set(result.summary["replicas"]) <= project.replica_names()
+
+
+async def test_killed_replica_loses_no_request(project: Project) -> None:
+    victim = project.containers("server")[0]
+    progress = asyncio.Event()
+    clients = asyncio.create_task(
+        run_clients(
+            project,
+            *("--clients", str(KILL_CLIENTS), "--requests", str(KILL_REQUESTS)),
+            *("--interval-ms", "50", "--timeout-ms", "1000", "--retries", "5"),
+            *("--connect", project.endpoint),
+            replies_seen=(KILL_AFTER_REPLIES, progress),
+        )
+    )
+    waiter = asyncio.create_task(progress.wait())
+    try:
+        await asyncio.wait(
+            {clients, waiter}, timeout=ANSWER_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+        assert progress.is_set(), "the clients finished (or stalled) before the kill"
+        await asyncio.to_thread(docker, "kill", victim)
+        assert not clients.done(), "the clients finished before the kill took effect"
+        result = await clients
+    finally:
+        waiter.cancel()
+        if not clients.done():
+            clients.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await clients
+    assert_all_answered(result, KILL_CLIENTS, KILL_REQUESTS)
+    replicas = result.summary["replicas"]
+    # The victim held connections of this run when it died; the others took over.
+    assert victim[:12] in replicas, replicas
+    assert len(replicas) == 3, replicas
+    state = docker("inspect", "-f", "{{.State.Running}}", victim).strip()
+    assert state == "false"
+
+
+async def test_scaled_up_replica_gets_connections_after_nginx_reload(project: Project) -> None:
+    before = project.replica_names()
+    # Starts the killed replica again, adds a 4th; nginx is left as it is.
+    project.compose("up", "-d", "--no-recreate", "--scale", "server=4", "server")
+    await asyncio.to_thread(wait_healthy, project, 4)
+    (added,) = project.replica_names() - before
+    # nginx resolves `server` when it (re)loads its configuration.
+    project.compose("kill", "-s", "HUP", "nginx")
+    await wait_for_replica(project.endpoint, added)
+    result = await run_clients(
+        project,
+        *("--clients", "8", "--requests", "20", "--interval-ms", "20"),
+        *("--connect", project.endpoint),
+    )
+    assert_all_answered(result, 8, 20)
+    assert set(result.summary["replicas"]) == project.replica_names(), result.summary["replicas"]
+
+
+def test_stop_is_quick_and_graceful_and_down_leaves_nothing(project: Project) -> None:
+    label = f"label=com.docker.compose.project={project.name}"
+    containers = docker("ps", "-q", "--filter", label).split()
+    assert len(containers) >= 4, "servers and nginx should be running"
+    started = time.monotonic()
+    project.compose("stop")
+    stop_s = time.monotonic() - started
+    assert stop_s < STOP_LIMIT_S, f"docker-compose stop took {stop_s:.1f} s"
+    exit_codes = docker("inspect", "-f", "{{.Name}} {{.State.ExitCode}}", *containers)
+    assert all(line.endswith(" 0") for line in exit_codes.splitlines()), exit_codes
+    project.compose("down", "-v")
+    assert project.leftovers() == {}
