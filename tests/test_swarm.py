@@ -193,6 +193,8 @@ def swarm() -> Iterator[None]:
     """A swarm manager: this engine, made one if it is in no swarm yet."""
     state = swarm_state()
     initialised = False
+    # `swarm init` creates this bridge and `swarm leave` keeps it.
+    had_gwbridge = bool(docker("network", "ls", "-q", "--filter", "name=^docker_gwbridge$").split())
     if state == "inactive":
         docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", "127.0.0.1:2377")
         initialised = True
@@ -205,6 +207,8 @@ def swarm() -> Iterator[None]:
     finally:
         if initialised:
             docker("swarm", "leave", "--force")
+            if not had_gwbridge:
+                docker("network", "rm", "docker_gwbridge")
 
 
 @pytest.fixture(scope="module")
