@@ -45,8 +45,9 @@ from run_clients import compose_command
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 RUN_CLIENTS = PROJECT_DIR / "run_clients.py"
 
-# Bounds on every wait. Building from cold installs pyzmq in the images.
-UP_TIMEOUT_S = 480.0
+# Bounds on every wait. Building from cold (pip installs pyzmq) takes seconds;
+# the bound stays under pytest's 300 s per test.
+UP_TIMEOUT_S = 240.0
 COMPOSE_TIMEOUT_S = 60.0
 HEALTHY_TIMEOUT_S = 60.0
 ANSWER_TIMEOUT_S = 30.0
@@ -140,13 +141,39 @@ class Project:
     def compose(self, *args: str, timeout_s: float = COMPOSE_TIMEOUT_S) -> str:
         return run([*compose_command(), *args], timeout_s, self.env)
 
+    def compose_unchecked(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """A compose command whose failure is not the test's (diagnostics, clean-up)."""
+        return subprocess.run(
+            [*compose_command(), *args],
+            capture_output=True,
+            text=True,
+            timeout=COMPOSE_TIMEOUT_S,
+            check=False,
+            env=self.env,
+            cwd=PROJECT_DIR,
+        )
+
     def containers(self, service: str) -> list[str]:
-        """Full ids of the service's containers, running or not."""
-        return self.compose("ps", "-q", service).split()
+        """Full ids of the service's containers, running or not, not `run` ones.
+
+        By label, which docker-compose 1.29 and `docker compose` v2 both set
+        (their `ps` commands differ in what they list).
+        """
+        labels = {"project": self.name, "service": service, "oneoff": "False"}
+        filters = [f"--filter=label=com.docker.compose.{k}={v}" for k, v in labels.items()]
+        return docker("ps", "-aq", "--no-trunc", *filters).split()
 
     def replica_names(self) -> set[str]:
         """What the servers put in their replies: the hostname, the id's first 12 digits."""
         return {container[:12] for container in self.containers("server")}
+
+    def diagnostics(self) -> str:
+        """The containers' states and the last lines of their logs, for a failure message."""
+        parts = []
+        for args in (("ps",), ("logs", "--no-color", "--tail", "15", "server", "nginx")):
+            done = self.compose_unchecked(*args)
+            parts.append(done.stdout + done.stderr)
+        return "\n".join(parts)
 
     def leftovers(self) -> dict[str, list[str]]:
         label = f"label=com.docker.compose.project={self.name}"
@@ -205,14 +232,7 @@ def project() -> Iterator[Project]:
         asyncio.run(wait_for_replica(started.endpoint))
         yield started
     finally:
-        subprocess.run(
-            [*compose_command(), "down", "-v", "--remove-orphans", "--timeout", "10"],
-            capture_output=True,
-            timeout=COMPOSE_TIMEOUT_S,
-            check=False,
-            env=started.env,
-            cwd=PROJECT_DIR,
-        )
+        started.compose_unchecked("down", "-v", "--remove-orphans", "--timeout", "10")
 
 
 # --- reading the clients' output ----------------------------------------------------
@@ -235,7 +255,8 @@ def lines_per_client(output: str) -> dict[str, list[str]]:
     for line in output.splitlines():
         match = _CLIENT_LINE.match(line)
         if match:
-            found[match.group(1)].append(match.group(2))
+            # docker-compose 1.29 names it client_1, `docker compose` v2 client-1.
+            found[match.group(1).replace("-", "_")].append(match.group(2))
     return dict(found)
 
 
@@ -297,8 +318,8 @@ async def run_clients(
     return ClientsRun(output, summary, exit_code)
 
 
-def assert_all_answered(result: ClientsRun, clients: int, requests: int) -> None:
-    assert result.exit_code == 0, result.output
+def assert_all_answered(result: ClientsRun, clients: int, requests: int, project: Project) -> None:
+    assert result.exit_code == 0, f"{result.output}\n{project.diagnostics()}"
     assert result.summary["ok"], result.output
     total = result.summary["total"]
     assert total["sent"] == clients * requests
@@ -324,13 +345,13 @@ async def test_clients_on_the_host_are_answered_by_all_replicas(project: Project
         *("--clients", "6", "--requests", "20", "--interval-ms", "20"),
         *("--connect", project.endpoint),
     )
-    assert_all_answered(result, 6, 20)
+    assert_all_answered(result, 6, 20, project)
     assert set(result.summary["replicas"]) == project.replica_names(), result.summary["replicas"]
 
 
 async def test_clients_in_containers(project: Project) -> None:
     result = await run_clients(project, "--docker", "--clients", "2", "--requests", "5")
-    assert_all_answered(result, 2, 5)
+    assert_all_answered(result, 2, 5, project)
     assert set(result.summary["replicas"]) <= project.replica_names()
 
 
@@ -361,7 +382,7 @@ async def test_killed_replica_loses_no_request(project: Project) -> None:
             clients.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await clients
-    assert_all_answered(result, KILL_CLIENTS, KILL_REQUESTS)
+    assert_all_answered(result, KILL_CLIENTS, KILL_REQUESTS, project)
     replicas = result.summary["replicas"]
     # The victim held connections of this run when it died; the others took over.
     assert victim[:12] in replicas, replicas
@@ -384,7 +405,7 @@ async def test_scaled_up_replica_gets_connections_after_nginx_reload(project: Pr
         *("--clients", "8", "--requests", "20", "--interval-ms", "20"),
         *("--connect", project.endpoint),
     )
-    assert_all_answered(result, 8, 20)
+    assert_all_answered(result, 8, 20, project)
     assert set(result.summary["replicas"]) == project.replica_names(), result.summary["replicas"]
 
 
