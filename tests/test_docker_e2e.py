@@ -2,7 +2,7 @@
 
 One compose project of its own (name and published port of its own, on
 127.0.0.1), started once for the module with ``docker-compose up -d --build``
-and always removed with ``down -v`` afterwards. The tests run in file order on
+and always removed with ``down -v --rmi local`` afterwards. The tests run in file order on
 that one project:
 
 1. the ``client`` service (the seed's demo) printed the seed's lines, exit 0;
@@ -232,7 +232,8 @@ def project() -> Iterator[Project]:
         asyncio.run(wait_for_replica(started.endpoint))
         yield started
     finally:
-        started.compose_unchecked("down", "-v", "--remove-orphans", "--timeout", "10")
+        # Also the images this project built (tagged with its name), so runs leave none behind.
+        started.compose_unchecked("down", "-v", "--rmi", "local", "--remove-orphans", "-t", "10")
 
 
 # --- reading the clients' output ----------------------------------------------------
