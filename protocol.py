@@ -88,7 +88,7 @@ class Reply:
 
 
 def message_size(frames: Sequence[bytes]) -> int:
-    return sum(len(frame) for frame in frames)
+    return sum(map(len, frames))
 
 
 def encode_request(address: str, data: bytes) -> list[bytes]:
@@ -101,31 +101,39 @@ def encode_request_without_address(data: bytes) -> list[bytes]:
     return [data]
 
 
+def request_error(
+    frames: Sequence[bytes], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> str | None:
+    """Why a request's frames are malformed, or None if they are a request."""
+    size = message_size(frames)
+    if size > max_message_bytes:
+        return f"message of {size} bytes exceeds the {max_message_bytes}-byte limit"
+    if len(frames) == 0:
+        return "empty message"
+    if len(frames) == 1:
+        return "missing address: 1 frame, expected address and data"
+    if len(frames) != REQUEST_FRAMES:
+        return f"wrong number of frames: {len(frames)}, expected 2 (address, data)"
+    raw_address = frames[0]
+    if not raw_address:
+        return "empty address"
+    if len(raw_address) > MAX_ADDRESS_BYTES:
+        return f"address of {len(raw_address)} bytes exceeds {MAX_ADDRESS_BYTES}"
+    try:
+        bytes(raw_address).decode("utf-8")
+    except UnicodeDecodeError:
+        return "address is not valid UTF-8"
+    return None
+
+
 def parse_request(
     frames: Sequence[bytes], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> Request:
     """Validate a request's frames; raise ``MalformedRequest`` with a reason."""
-    size = message_size(frames)
-    if size > max_message_bytes:
-        raise MalformedRequest(
-            f"message of {size} bytes exceeds the {max_message_bytes}-byte limit"
-        )
-    if len(frames) == 0:
-        raise MalformedRequest("empty message")
-    if len(frames) == 1:
-        raise MalformedRequest("missing address: 1 frame, expected address and data")
-    if len(frames) != REQUEST_FRAMES:
-        raise MalformedRequest(f"wrong number of frames: {len(frames)}, expected 2 (address, data)")
-    raw_address, data = frames
-    if not raw_address:
-        raise MalformedRequest("empty address")
-    if len(raw_address) > MAX_ADDRESS_BYTES:
-        raise MalformedRequest(f"address of {len(raw_address)} bytes exceeds {MAX_ADDRESS_BYTES}")
-    try:
-        address = bytes(raw_address).decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedRequest("address is not valid UTF-8") from None
-    return Request(address=address, data=bytes(data))
+    reason = request_error(frames, max_message_bytes)
+    if reason is not None:
+        raise MalformedRequest(reason)
+    return Request(address=bytes(frames[0]).decode("utf-8"), data=bytes(frames[1]))
 
 
 def ok_reply(replica: bytes) -> list[bytes]:
@@ -167,8 +175,7 @@ def respond(
     frames: Sequence[bytes], replica: bytes, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> tuple[list[bytes], str | None]:
     """The reply to a request's frames, and the reason if it was malformed."""
-    try:
-        parse_request(frames, max_message_bytes)
-    except MalformedRequest as error:
-        return invalid_reply(replica, error.reason), error.reason
+    reason = request_error(frames, max_message_bytes)
+    if reason is not None:
+        return invalid_reply(replica, reason), reason
     return ok_reply(replica), None

@@ -169,26 +169,43 @@ async def run_loadgen(
 
 
 async def measure(args: argparse.Namespace, rows: Sequence[Row]) -> list[Measurement]:
+    """Every row at every client count, ``--repeat`` rounds; the median round of each."""
+    if nginx_binary() is None:
+        skipped = [row.key for row in rows if row.nginx]
+        if skipped:
+            print(f"skipped {', '.join(skipped)}: nginx is not installed", file=sys.stderr)
+        rows = [row for row in rows if not row.nginx]
+    runs: dict[tuple[str, int], list[LoadResult]] = {}
+    for round_number in range(1, args.repeat + 1):
+        for row in rows:
+            expect = EXPECT_ECHO if row.replicas == 0 else EXPECT_SERVER
+            async with target(row) as endpoints:
+                for clients in args.clients:
+                    result = await run_loadgen(
+                        endpoints, clients, args.duration_s, args.warmup_s, expect
+                    )
+                    runs.setdefault((row.key, clients), []).append(result)
+                    if args.verbose:
+                        print(
+                            f"round {round_number}: {row.key}, {clients} clients: "
+                            f"{result.requests_per_s:.0f} req/s",
+                            file=sys.stderr,
+                        )
     measurements: list[Measurement] = []
-    ceiling_rps: dict[int, float] = {}
     for row in rows:
-        if row.nginx and nginx_binary() is None:
-            print(f"skipped {row.key}: nginx is not installed", file=sys.stderr)
-            continue
-        expect = EXPECT_ECHO if row.replicas == 0 else EXPECT_SERVER
-        async with target(row) as endpoints:
-            for clients in args.clients:
-                result = await run_loadgen(
-                    endpoints, clients, args.duration_s, args.warmup_s, expect
-                )
-                if row.replicas == 0:
-                    ceiling_rps[clients] = result.requests_per_s
-                base = ceiling_rps.get(clients)
-                ratio = result.requests_per_s / base if base else None
-                measurements.append(Measurement(row.key, row.label, result, ratio))
-                if args.verbose:
-                    print(f"measured {row.key} at {clients} clients", file=sys.stderr)
+        for clients in args.clients:
+            result = _median(runs[(row.key, clients)])
+            ceiling = runs.get(("ceiling", clients))
+            base = _median(ceiling).requests_per_s if ceiling else 0.0
+            ratio = result.requests_per_s / base if base > 0 else None
+            measurements.append(Measurement(row.key, row.label, result, ratio))
     return measurements
+
+
+def _median(results: Sequence[LoadResult]) -> LoadResult:
+    """The run with the median requests per second (the lower one of an even count)."""
+    ordered = sorted(results, key=lambda r: r.requests_per_s)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def _find(measurements: Sequence[Measurement], row: str, clients: int) -> LoadResult | None:
@@ -322,7 +339,8 @@ def render(
         f"python {info['python']}, pyzmq {info['pyzmq']}, libzmq {info['libzmq']}, "
         f"nginx {info['nginx']}; load average at start {info['load_average_at_start']}",
         f"each measurement: {settings['warmup_s']:g} s warm-up, then {settings['duration_s']:g} s "
-        "measured; closed loop, one request outstanding per client",
+        f"measured, median of {settings['repeat']} round(s); closed loop, "
+        "one request outstanding per client",
         "",
     ]
     header = (
@@ -378,6 +396,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--server-args", default="", help="extra server.py arguments for every server row"
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds over all rows (interleaved); each figure is the median round's",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--verbose", action="store_true", help="progress on stderr")
     args = parser.parse_args(argv)
@@ -385,8 +409,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.duration_s = 0.3 if args.quick else 3.0
     if args.warmup_s is None:
         args.warmup_s = 0.1 if args.quick else 0.5
-    if args.duration_s <= 0 or args.warmup_s < 0:
-        parser.error("--duration-s must be positive and --warmup-s not negative")
+    if args.duration_s <= 0 or args.warmup_s < 0 or args.repeat < 1:
+        parser.error("--duration-s and --repeat must be positive, --warmup-s not negative")
     return args
 
 
@@ -418,6 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "clients": args.clients,
         "work_ms": args.work_ms,
         "server_args": args.server_args,
+        "repeat": args.repeat,
     }
     if args.json:
         document = {
