@@ -205,7 +205,9 @@ def swarm() -> Iterator[None]:
     try:
         yield
     finally:
-        if initialised:
+        # Leave the swarm this test made, unless someone else deployed a stack
+        # on it meanwhile (leaving would remove it under them).
+        if initialised and not docker("stack", "ls", "--format", "{{.Name}}").split():
             docker("swarm", "leave", "--force")
             if not had_gwbridge:
                 docker("network", "rm", "docker_gwbridge")
