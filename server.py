@@ -192,7 +192,7 @@ class Server:
                 # No work to wait for: answer inline, no task per request.
                 # A ROUTER socket drops rather than blocks, so the send is sync.
                 self._inflight.release()
-                _send_now(queued, envelope + self._reply(request, envelope[0])[0])
+                send_now(queued, envelope + self._reply(request, envelope[0])[0])
                 continue
             task = asyncio.create_task(self._answer_in_task(sock, envelope, request))
             self._tasks.add(task)
@@ -214,13 +214,13 @@ class Server:
         """
         for _ in range(ANSWER_BATCH):
             try:
-                frames = _recv_now(queued)
+                frames = recv_now(queued)
             except zmq.Again:
                 return False
             envelope, request = protocol.split_envelope(frames)
             if self._debug:
                 logger.debug("Request received from peer %s", envelope[0].hex())
-            _send_now(queued, envelope + self._reply(request, envelope[0])[0])
+            send_now(queued, envelope + self._reply(request, envelope[0])[0])
         return True
 
     async def _answer(self, request: list[bytes], peer: bytes | str) -> list[bytes]:
@@ -270,7 +270,7 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
 
 
-def _recv_now(sock: zmq.Socket[bytes]) -> list[bytes]:
+def recv_now(sock: zmq.Socket[bytes]) -> list[bytes]:
     """One whole message if one is queued; raises zmq.Again if none is."""
     frame = sock.recv(_NOBLOCK, copy=False)
     frames = [frame.bytes]
@@ -280,7 +280,7 @@ def _recv_now(sock: zmq.Socket[bytes]) -> list[bytes]:
     return frames
 
 
-def _send_now(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+def send_now(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
     """Send a multipart message (on a ROUTER socket this never blocks)."""
     for frame in frames[:-1]:
         sock.send(frame, _SNDMORE)

@@ -5,7 +5,8 @@ it sends ``[b"", address, data]`` (the empty delimiter makes the envelope look
 like a REQ socket's to the server) and sends the next request as soon as the
 reply is in. One synchronous ``zmq.Poller`` loop drives all of them, so the
 generator costs one Python thread plus ZeroMQ's I/O thread, whatever the
-client count.
+client count. Frames go out and come in through the same lean send/receive
+helpers the server uses (pyzmq's *_multipart sugar costs more per frame).
 
 Only correct replies count: ``Server response`` from the project's server, or
 the request itself from the echo ceiling. The generator measures its own CPU
@@ -30,6 +31,7 @@ import zmq
 
 import protocol
 from run_clients import percentile
+from server import recv_now, send_now
 
 EXPECT_SERVER = "server"
 EXPECT_ECHO = "echo"
@@ -115,7 +117,7 @@ def _drive(
     measuring = False
     for i, sock in enumerate(sockets):
         sent_at[i] = clock()
-        sock.send_multipart(requests[i])
+        send_now(sock, requests[i])
     now = clock()
     while now < window_end:
         if not measuring and now >= window_start:
@@ -123,7 +125,7 @@ def _drive(
             cpu_start, loop_cpu_start = time.process_time(), time.thread_time()
         for sock, _ in poller.poll(POLL_MS):
             i = index[sock]
-            reply = sock.recv_multipart()
+            reply = recv_now(sock)
             now = clock()
             # Steady state: count every reply that arrives inside the window.
             if window_start <= now < window_end:
@@ -132,7 +134,7 @@ def _drive(
                 else:
                     errors += 1
             sent_at[i] = now
-            sock.send_multipart(requests[i])
+            send_now(sock, requests[i])
         now = clock()
     cpu_s = time.process_time() - cpu_start
     loop_cpu_s = time.thread_time() - loop_cpu_start
