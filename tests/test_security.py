@@ -245,21 +245,45 @@ async def test_through_nginx_only_authorized_clients_are_served(curve_keys: Keys
         assert f"error: server at {endpoint} did not answer request 0 after 2 tries" in stderr
 
 
-async def test_bad_key_files_are_reported_clearly(tmp_path: Path, curve_keys: Keys) -> None:
+async def test_bad_client_key_files_are_reported_clearly(tmp_path: Path) -> None:
     async with LocalStack(1, nginx=False) as stack:
         (endpoint,) = stack.endpoints
         missing = str(tmp_path / "nope.key")
-        status, _, stderr = await _client_cli(endpoint, "--curve-server-key", missing)
-        assert status == 1
-        assert "cannot read CURVE certificate" in stderr
-        process = await asyncio.create_subprocess_exec(
-            *stack.server_command("bad", "tcp://127.0.0.1:*"),
-            "--curve-secret-key",
-            str(curve_keys.server_public),  # the public half: no secret key in it
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, server_err = await asyncio.wait_for(process.communicate(), TIMEOUT_S)
+        status, stdout, stderr = await _client_cli(endpoint, "--curve-server-key", missing)
+    assert status == 1
+    assert stdout == ""
+    assert f"error: cannot read CURVE certificate {missing}" in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--curve-secret-key", "{public}"], "no secret key"),
+        (["--curve-secret-key", "{missing}"], "cannot read CURVE certificate"),
+        (["--curve-authorized-keys", "{authorized}"], "needs --curve-secret-key"),
+        (
+            ["--curve-secret-key", "{secret}", "--curve-authorized-keys", "{missing}"],
+            "does not exist",
+        ),
+    ],
+    ids=["public-half", "missing-file", "keys-without-secret", "missing-directory"],
+)
+async def test_bad_server_key_settings_stop_it_with_status_1(
+    tmp_path: Path, curve_keys: Keys, args: list[str], complaint: str
+) -> None:
+    paths = {
+        "public": str(curve_keys.server_public),
+        "secret": str(curve_keys.server_secret),
+        "authorized": str(curve_keys.authorized_dir),
+        "missing": str(tmp_path / "missing"),
+    }
+    process = await asyncio.create_subprocess_exec(
+        *LocalStack(1).server_command("bad", "tcp://127.0.0.1:*"),
+        *(arg.format(**paths) for arg in args),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT_S)
     assert process.returncode == 1
-    assert b"Cannot set up CURVE" in server_err
-    assert b"no secret key" in server_err
+    assert b"Cannot set up CURVE" in stderr
+    assert complaint.encode() in stderr
