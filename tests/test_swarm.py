@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import time
 from collections import Counter
@@ -39,6 +38,7 @@ import zmq.asyncio
 import protocol
 from client import Client, ClientConfig
 from local_stack import free_port
+from tests.dockerutil import PROJECT_DIR, SETUP_HINT, docker, engine_problem
 from tests.test_kubernetes import (
     assert_same_stream_logic,
     needs_nginx,
@@ -46,7 +46,6 @@ from tests.test_kubernetes import (
     nginx_directives,
 )
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 SWARM_DIR = PROJECT_DIR / "deploy" / "swarm"
 STACK_FILE = SWARM_DIR / "docker-stack.yml"
 SWARM_NGINX_CONF = SWARM_DIR / "nginx.conf"
@@ -72,48 +71,13 @@ PROBES_PER_ROUND = 10
 WORK_MS = 1000
 
 
-def _engine_problem() -> str | None:
-    """Why there is no usable engine, or None if there is one."""
-    if shutil.which("docker") is None:
-        return "no `docker` command (bash ../shared/docker-offline/setup.sh . installs one)"
-    try:
-        info = subprocess.run(
-            ["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return "`docker info` did not answer within 30 s"
-    if info.returncode != 0:
-        return f"no Docker engine answers `docker info`: {info.stderr.strip()[:200]}"
-    return None
-
-
-ENGINE_PROBLEM = _engine_problem()
-needs_engine = pytest.mark.skipif(ENGINE_PROBLEM is not None, reason=str(ENGINE_PROBLEM))
+ENGINE_PROBLEM = engine_problem(compose=False)
+needs_engine = pytest.mark.skipif(
+    ENGINE_PROBLEM is not None, reason=f"{ENGINE_PROBLEM}; {SETUP_HINT}"
+)
 
 
 # --- docker commands -----------------------------------------------------------
-
-
-def docker(
-    *args: str, timeout_s: float = DOCKER_TIMEOUT_S, env: dict[str, str] | None = None
-) -> str:
-    """Run a docker command; its stdout, or a test failure that shows stderr."""
-    done = subprocess.run(
-        ["docker", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-        env=None if env is None else {**os.environ, **env},
-        cwd=PROJECT_DIR,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"docker {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
-    return done.stdout
 
 
 async def docker_async(*args: str, timeout_s: float = DOCKER_TIMEOUT_S) -> str:
