@@ -165,7 +165,9 @@ def split_envelope(frames: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
     envelope. A peer that sent no delimiter (a bare DEALER) gets its reply
     behind its routing id alone, so it too hears why its message was refused.
     """
-    for index in range(1, min(len(frames), MAX_ROUTING_FRAMES + 1)):
+    if len(frames) > 1 and not frames[1]:  # the usual case: one routing id
+        return [frames[0], frames[1]], list(frames[2:])
+    for index in range(2, min(len(frames), MAX_ROUTING_FRAMES + 1)):
         if not frames[index]:
             return list(frames[: index + 1]), list(frames[index + 1 :])
     return list(frames[:1]), list(frames[1:])
