@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Where the server's time goes: py-spy samples one replica under load.
+
+    .venv/bin/python bench/profile.py                  # ROUTER, 16 clients, 5 s
+    .venv/bin/python bench/profile.py --server-args "--work-ms 20" --clients 64
+
+Starts one server replica (``local_stack.LocalStack``), drives it with the
+load generator and records it with ``py-spy record`` (pinned in
+requirements-dev.txt; needs permission to ptrace, e.g. root) at the same time.
+Prints the functions with the most samples, on their own (self) and with what
+they call (inclusive), and keeps py-spy's raw folded stacks for a flame graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import shutil
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+# Run as a script (python3 bench/profile.py): the project's modules are one level up.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.loadgen import EXPECT_SERVER
+from bench.run import run_loadgen
+from local_stack import LocalStack
+
+PYSPY_SETTLE_S = 0.5
+
+
+def summarize(folded: str, top: int) -> str:
+    """The ``top`` functions by self and by inclusive samples, in percent."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in folded.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    if total == 0:
+        return "no samples"
+    lines = [f"{total} samples", "", "self:"]
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
+    lines += ["", "inclusive:"]
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in inclusive.most_common(top)]
+    return "\n".join(lines)
+
+
+async def profile(args: argparse.Namespace, pyspy: str) -> str:
+    async with LocalStack(1, server_args=shlex.split(args.server_args), nginx=False) as stack:
+        replica = stack.replicas[0]
+        command = [pyspy, "record", "--pid", str(replica.process.pid), "--format", "raw"]
+        command += ["--output", str(args.out), "--duration", str(int(args.duration_s))]
+        command += ["--rate", str(args.rate)]
+        if args.native:
+            command.append("--native")
+        recorder = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        load = await run_loadgen(
+            [replica.endpoint], args.clients, args.duration_s, PYSPY_SETTLE_S, EXPECT_SERVER
+        )
+        _, err = await recorder.communicate()
+        if recorder.returncode != 0:
+            raise SystemExit(f"py-spy failed: {err.decode(errors='replace').strip()}")
+    header = (
+        f"server {args.server_args or '(defaults)'}, {args.clients} clients: "
+        f"{load.requests_per_s:.0f} req/s, p50 {load.p50_ms:.3f} ms, p99 {load.p99_ms:.3f} ms"
+    )
+    return f"{header}\nraw stacks: {args.out}\n\n{summarize(args.out.read_text(), args.top)}"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Profile one server replica under load with py-spy.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--clients", type=int, default=16, help="concurrent virtual clients")
+    parser.add_argument("--duration-s", type=float, default=5.0, help="seconds under load")
+    parser.add_argument("--server-args", default="", help="extra server.py arguments")
+    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--native", action="store_true", help="include C frames (py-spy)")
+    parser.add_argument("--top", type=int, default=25, help="functions to list")
+    parser.add_argument(
+        "--out", type=Path, default=Path("server-profile.txt"), help="py-spy raw output"
+    )
+    args = parser.parse_args(argv)
+    if args.clients < 1 or args.duration_s < 1:
+        parser.error("--clients must be positive and --duration-s at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(pyspy).exists():
+        print("py-spy not found: pip install -r requirements-dev.txt", file=sys.stderr)
+        return 1
+    print(asyncio.run(profile(args, pyspy)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
