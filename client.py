@@ -21,11 +21,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 import zmq
 import zmq.asyncio
 
+import cli
 import keys
 import protocol
 
@@ -161,23 +161,6 @@ async def run_requests(
     return results
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
-
-
-def _int_at_least(minimum: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}: {text!r}")
-        return value
-
-    return parse
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="ZeroMQ REQ client: numbered requests with Lazy Pirate retries.",
@@ -191,43 +174,43 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--requests",
-        type=_int_at_least(0),
-        default=_env("CLIENT_REQUESTS", "10"),
+        type=cli.int_at_least(0),
+        default=cli.env("CLIENT_REQUESTS", "10"),
         help="number of requests to send (env CLIENT_REQUESTS)",
     )
     parser.add_argument(
         "--malformed",
-        type=_int_at_least(-1),
-        default=_env("CLIENT_MALFORMED", "2"),
+        type=cli.int_at_least(-1),
+        default=cli.env("CLIENT_MALFORMED", "2"),
         help="index of the request sent without its address; -1 for none (env CLIENT_MALFORMED)",
     )
     parser.add_argument(
         "--timeout-ms",
-        type=_int_at_least(1),
-        default=_env("CLIENT_TIMEOUT_MS", "2500"),
+        type=cli.int_at_least(1),
+        default=cli.env("CLIENT_TIMEOUT_MS", "2500"),
         help="how long to wait for each reply (env CLIENT_TIMEOUT_MS)",
     )
     parser.add_argument(
         "--retries",
-        type=_int_at_least(1),
-        default=_env("CLIENT_RETRIES", "3"),
+        type=cli.int_at_least(1),
+        default=cli.env("CLIENT_RETRIES", "3"),
         help="tries per request, the first included, before giving up (env CLIENT_RETRIES)",
     )
     parser.add_argument(
         "--address",
-        default=_env("CLIENT_ADDRESS", f"{socket.gethostname()}-{os.getpid()}"),
+        default=cli.env("CLIENT_ADDRESS", f"{socket.gethostname()}-{os.getpid()}"),
         help="address sent in every well-formed request (env CLIENT_ADDRESS; default hostname-pid)",
     )
     parser.add_argument(
         "--interval-ms",
-        type=float,
-        default=_env("CLIENT_INTERVAL_MS", "0"),
+        type=cli.float_at_least(0),
+        default=cli.env("CLIENT_INTERVAL_MS", "0"),
         help="pause between requests (env CLIENT_INTERVAL_MS)",
     )
     parser.add_argument(
         "--heartbeat-ms",
-        type=_int_at_least(0),
-        default=_env("CLIENT_HEARTBEAT_MS", "10000"),
+        type=cli.int_at_least(0),
+        default=cli.env("CLIENT_HEARTBEAT_MS", "10000"),
         help="ZMTP heartbeat interval, 0 disables (env CLIENT_HEARTBEAT_MS)",
     )
     parser.add_argument(
@@ -243,28 +226,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--curve-server-key",
         metavar="PATH",
-        default=_env("CLIENT_CURVE_SERVER_KEY", "") or None,
+        default=cli.env("CLIENT_CURVE_SERVER_KEY", "") or None,
         help="CurveZMQ: the server's public .key certificate; turns encryption on "
         "(env CLIENT_CURVE_SERVER_KEY; default: no encryption)",
     )
     parser.add_argument(
         "--curve-secret-key",
         metavar="PATH",
-        default=_env("CLIENT_CURVE_SECRET_KEY", "") or None,
+        default=cli.env("CLIENT_CURVE_SECRET_KEY", "") or None,
         help="CurveZMQ: this client's .key_secret certificate, whose public key the server "
         "must authorize (env CLIENT_CURVE_SECRET_KEY; default: a throwaway key pair)",
     )
-    parser.add_argument(
-        "--log-level",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        default=_env("LOG_LEVEL", "WARNING"),
-        help="logging level (env LOG_LEVEL)",
-    )
+    cli.add_log_level(parser, "WARNING")
     args = parser.parse_args(argv)
     if args.connect is None:
-        args.connect = [
-            e.strip() for e in _env("SERVER_CONNECT", DEFAULT_CONNECT).split(",") if e.strip()
-        ]
+        args.connect = cli.env_list("SERVER_CONNECT", DEFAULT_CONNECT)
     if not args.connect:
         parser.error("--connect: at least one endpoint is needed")
     return args
@@ -325,11 +301,7 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s client: %(message)s",
-        stream=sys.stderr,
-    )
+    cli.setup_logging(args.log_level, "client")
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cli
 from local_stack import LocalStack
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -281,41 +282,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return summarize(runs, elapsed_s)
 
 
-def _int_at_least(minimum: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}: {text!r}")
-        return value
-
-    return parse
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    env = os.environ.get
     parser = argparse.ArgumentParser(
         description="Run many client.py processes at once and summarize the results.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--clients",
-        type=_int_at_least(1),
-        default=env("RUN_CLIENTS", "2"),
+        type=cli.int_at_least(1),
+        default=cli.env("RUN_CLIENTS", "2"),
         help="clients to run at once (env RUN_CLIENTS)",
     )
     parser.add_argument(
         "--requests",
-        type=_int_at_least(0),
-        default=env("CLIENT_REQUESTS", "10"),
+        type=cli.int_at_least(0),
+        default=cli.env("CLIENT_REQUESTS", "10"),
         help="requests per client (env CLIENT_REQUESTS)",
     )
     parser.add_argument(
         "--malformed",
-        type=_int_at_least(-1),
-        default=env("CLIENT_MALFORMED", "2"),
+        type=cli.int_at_least(-1),
+        default=cli.env("CLIENT_MALFORMED", "2"),
         help="index of each client's request sent without address, -1 for none "
         "(env CLIENT_MALFORMED)",
     )
@@ -327,26 +314,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--timeout-ms",
-        type=_int_at_least(1),
-        default=env("CLIENT_TIMEOUT_MS", "2500"),
+        type=cli.int_at_least(1),
+        default=cli.env("CLIENT_TIMEOUT_MS", "2500"),
         help="client reply timeout (env CLIENT_TIMEOUT_MS)",
     )
     parser.add_argument(
         "--retries",
-        type=_int_at_least(1),
-        default=env("CLIENT_RETRIES", "3"),
+        type=cli.int_at_least(1),
+        default=cli.env("CLIENT_RETRIES", "3"),
         help="client tries per request (env CLIENT_RETRIES)",
     )
     parser.add_argument(
         "--interval-ms",
-        type=float,
-        default=env("CLIENT_INTERVAL_MS", "0"),
+        type=cli.float_at_least(0),
+        default=cli.env("CLIENT_INTERVAL_MS", "0"),
         help="pause between a client's requests (env CLIENT_INTERVAL_MS)",
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument(
         "--local",
-        type=_int_at_least(1),
+        type=cli.int_at_least(1),
         metavar="R",
         help="start R server replicas on loopback (with nginx in front if installed), "
         "run the clients against them, stop them afterwards",
@@ -363,7 +350,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--work-ms",
-        type=float,
+        type=cli.float_at_least(0),
         default=0.0,
         help="with --local: simulated work per request on the servers",
     )

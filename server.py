@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import socket
 import sys
@@ -24,6 +23,7 @@ import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
+import cli
 import keys
 import protocol
 
@@ -295,10 +295,6 @@ def _peer_label(peer: bytes | str) -> str:
     return peer.hex() if isinstance(peer, bytes) else peer
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Asynchronous ZeroMQ request/reply server (the REP side).",
@@ -312,98 +308,68 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--name",
-        default=_env("SERVER_NAME", socket.gethostname()),
+        default=cli.env("SERVER_NAME", socket.gethostname()),
         help="replica name sent back in every reply (env SERVER_NAME; default the hostname)",
     )
     parser.add_argument(
         "--socket",
         choices=("router", "rep"),
-        default=_env("SERVER_SOCKET", "router"),
+        default=cli.env("SERVER_SOCKET", "router"),
         help="router: many requests in flight; rep: one at a time (env SERVER_SOCKET)",
     )
     parser.add_argument(
         "--max-inflight",
-        type=_positive_int,
-        default=_env("SERVER_MAX_INFLIGHT", "1000"),
+        type=cli.int_at_least(1),
+        default=cli.env("SERVER_MAX_INFLIGHT", "1000"),
         help="requests handled at once in router mode (env SERVER_MAX_INFLIGHT)",
     )
     parser.add_argument(
         "--work-ms",
-        type=_non_negative_float,
-        default=_env("SERVER_WORK_MS", "0"),
+        type=cli.float_at_least(0),
+        default=cli.env("SERVER_WORK_MS", "0"),
         help="simulated asynchronous work per valid request, ms (env SERVER_WORK_MS)",
     )
     parser.add_argument(
         "--max-message-bytes",
-        type=_positive_int,
-        default=_env("SERVER_MAX_MESSAGE_BYTES", str(protocol.DEFAULT_MAX_MESSAGE_BYTES)),
+        type=cli.int_at_least(1),
+        default=cli.env("SERVER_MAX_MESSAGE_BYTES", str(protocol.DEFAULT_MAX_MESSAGE_BYTES)),
         help="largest request accepted; larger frames are refused by zmq.MAXMSGSIZE "
         "(env SERVER_MAX_MESSAGE_BYTES)",
     )
     parser.add_argument(
         "--grace-s",
-        type=_non_negative_float,
-        default=_env("SERVER_GRACE_S", "5"),
+        type=cli.float_at_least(0),
+        default=cli.env("SERVER_GRACE_S", "5"),
         help="on SIGTERM/SIGINT, time to finish requests in flight (env SERVER_GRACE_S)",
     )
     parser.add_argument(
         "--heartbeat-ms",
-        type=_non_negative_int,
-        default=_env("SERVER_HEARTBEAT_MS", "10000"),
+        type=cli.int_at_least(0),
+        default=cli.env("SERVER_HEARTBEAT_MS", "10000"),
         help="ZMTP heartbeat interval, keeps idle connections open through nginx; "
         "0 disables (env SERVER_HEARTBEAT_MS)",
     )
     parser.add_argument(
         "--curve-secret-key",
         metavar="PATH",
-        default=_env("SERVER_CURVE_SECRET_KEY", "") or None,
+        default=cli.env("SERVER_CURVE_SECRET_KEY", "") or None,
         help="CurveZMQ: this server's .key_secret certificate (see keys.py); clients then "
         "need its public .key (env SERVER_CURVE_SECRET_KEY; default: no encryption)",
     )
     parser.add_argument(
         "--curve-authorized-keys",
         metavar="DIR",
-        default=_env("SERVER_CURVE_AUTHORIZED_KEYS", "") or None,
+        default=cli.env("SERVER_CURVE_AUTHORIZED_KEYS", "") or None,
         help="CurveZMQ: directory of the client public keys (*.key) allowed to connect; "
         "others are refused by ZAP (env SERVER_CURVE_AUTHORIZED_KEYS; default: any client key)",
     )
-    parser.add_argument(
-        "--log-level",
-        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        default=_env("LOG_LEVEL", "INFO"),
-        help="logging level (env LOG_LEVEL)",
-    )
+    cli.add_log_level(parser, "INFO")
     args = parser.parse_args(argv)
     if args.bind is None:
-        args.bind = [e.strip() for e in _env("SERVER_BIND", "tcp://*:5555").split(",") if e.strip()]
+        args.bind = cli.env_list("SERVER_BIND", "tcp://*:5555")
+    if not args.bind:
+        parser.error("--bind: at least one endpoint is needed")
     return args
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    return value
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -438,11 +404,7 @@ async def run(config: ServerConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s server: %(message)s",
-        stream=sys.stderr,
-    )
+    cli.setup_logging(args.log_level, "server")
     try:
         asyncio.run(run(config_from_args(args)))
     except zmq.ZMQError as error:
