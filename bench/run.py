@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmarks: the server side by side with the ceiling, in one run, one table.
 
-    .venv/bin/python bench/run.py            # about 1 minute
-    .venv/bin/python bench/run.py --quick    # smoke run, a few seconds
+    .venv/bin/python bench/run.py            # about 75 s; --repeat 3 on a busy machine
+    .venv/bin/python bench/run.py --quick    # smoke run, about 10 s
 
 Rows, each measured in this run with the same load generator
 (``bench/loadgen.py``: one process, one DEALER socket per virtual client):
@@ -77,6 +77,7 @@ class Measurement:
     label: str
     result: LoadResult
     ratio_to_ceiling: float | None
+    rounds_rps: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +199,8 @@ async def measure(args: argparse.Namespace, rows: Sequence[Row]) -> list[Measure
             ceiling = runs.get(("ceiling", clients))
             base = _median(ceiling).requests_per_s if ceiling else 0.0
             ratio = result.requests_per_s / base if base > 0 else None
-            measurements.append(Measurement(row.key, row.label, result, ratio))
+            rounds = tuple(r.requests_per_s for r in runs[(row.key, clients)])
+            measurements.append(Measurement(row.key, row.label, result, ratio, rounds))
     return measurements
 
 
@@ -449,7 +451,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "machine": info,
             "settings": settings,
             "rows": [
-                {"row": m.row, "label": m.label, **asdict(m.result), "ratio": m.ratio_to_ceiling}
+                {
+                    "row": m.row,
+                    "label": m.label,
+                    **asdict(m.result),
+                    "ratio": m.ratio_to_ceiling,
+                    "rounds_requests_per_s": m.rounds_rps,
+                }
                 for m in measurements
             ],
             "checks": [asdict(check) for check in found],
