@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import zmq
 
 from bench.loadgen import EXPECT_ECHO, EXPECT_SERVER, LoadResult
-from local_stack import LocalStack, nginx_binary
+from local_stack import LocalStack, StackError, nginx_binary
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CEILING_SCRIPT = PROJECT_DIR / "bench" / "ceiling.py"
@@ -434,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine()
     try:
         measurements = asyncio.run(measure(args, rows))
-    except BenchError as error:
+    except (BenchError, StackError) as error:
         print(f"benchmark failed: {error}", file=sys.stderr)
         return 1
     found = checks(measurements, args.work_ms)
