@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 
 import zmq
 
+import cli
 import protocol
 from run_clients import percentile
 from server import recv_now, send_now
@@ -158,20 +159,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--connect", action="append", required=True, help="endpoint, repeatable")
-    parser.add_argument("--clients", type=int, default=16, help="concurrent virtual clients")
-    parser.add_argument("--duration-s", type=float, default=3.0, help="measured time")
-    parser.add_argument("--warmup-s", type=float, default=0.5, help="unmeasured time first")
+    parser.add_argument(
+        "--clients", type=cli.int_at_least(1), default=16, help="concurrent virtual clients"
+    )
+    parser.add_argument(
+        "--duration-s", type=cli.float_at_least(0.01), default=3.0, help="measured time"
+    )
+    parser.add_argument(
+        "--warmup-s", type=cli.float_at_least(0), default=0.5, help="unmeasured time first"
+    )
     parser.add_argument(
         "--expect",
         choices=(EXPECT_SERVER, EXPECT_ECHO),
         default=EXPECT_SERVER,
         help="what a correct reply is: the server's 'Server response' or an echo",
     )
-    parser.add_argument("--payload-bytes", type=int, default=16, help="size of the data frame")
-    args = parser.parse_args(argv)
-    if args.clients < 1 or args.duration_s <= 0:
-        parser.error("--clients and --duration-s must be positive")
-    return args
+    parser.add_argument(
+        "--payload-bytes", type=cli.int_at_least(0), default=16, help="size of the data frame"
+    )
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 # Run as a script (python3 bench/profile.py): the project's modules are one level up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import cli
 from bench.loadgen import EXPECT_SERVER
 from bench.run import run_loadgen
 from local_stack import LocalStack
@@ -88,12 +89,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Profile one server replica under load with py-spy.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--clients", type=int, default=16, help="concurrent virtual clients")
-    parser.add_argument("--duration-s", type=float, default=5.0, help="seconds under load")
+    parser.add_argument(
+        "--clients", type=cli.int_at_least(1), default=16, help="concurrent virtual clients"
+    )
+    parser.add_argument(
+        "--duration-s", type=cli.float_at_least(0.1), default=5.0, help="seconds under load"
+    )
     parser.add_argument("--server-args", default="", help="extra server.py arguments")
-    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument(
+        "--rate", type=cli.int_at_least(1), default=250, help="py-spy samples per second"
+    )
     parser.add_argument("--native", action="store_true", help="include C frames (py-spy)")
-    parser.add_argument("--top", type=int, default=25, help="functions to list")
+    parser.add_argument("--top", type=cli.int_at_least(1), default=25, help="functions to list")
     parser.add_argument(
         "--out", type=Path, default=Path("server-profile.txt"), help="py-spy raw output"
     )

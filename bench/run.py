@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import zmq
 
+import cli
 from bench.loadgen import EXPECT_ECHO, EXPECT_SERVER, LoadResult
 from local_stack import LocalStack, StackError, nginx_binary
 
@@ -384,12 +385,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 0.3 s per measurement, 0.1 s warm-up"
     )
-    parser.add_argument("--duration-s", type=float, help="measured seconds (default 3, quick 0.3)")
-    parser.add_argument("--warmup-s", type=float, help="warm-up seconds (default 0.5, quick 0.1)")
+    parser.add_argument(
+        "--duration-s",
+        type=cli.float_at_least(0.01),
+        help="measured seconds (default 3, quick 0.3)",
+    )
+    parser.add_argument(
+        "--warmup-s", type=cli.float_at_least(0), help="warm-up seconds (default 0.5, quick 0.1)"
+    )
     parser.add_argument(
         "--clients", type=_client_counts, default=[1, 16, 64], help="client counts, e.g. 1,16,64"
     )
-    parser.add_argument("--work-ms", type=float, default=20.0, help="work for the *-work rows")
+    parser.add_argument(
+        "--work-ms", type=cli.float_at_least(0), default=20.0, help="work for the *-work rows"
+    )
     parser.add_argument(
         "--rows",
         default="all",
@@ -400,7 +409,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--repeat",
-        type=int,
+        type=cli.int_at_least(1),
         default=1,
         help="rounds over all rows (interleaved); each figure is the median round's",
     )

@@ -36,6 +36,7 @@ import zmq.asyncio
 # Run as a script (python3 bench/soak.py): the project's modules are one level up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import cli
 import protocol
 from client import Client, ClientConfig
 from local_stack import LocalStack
@@ -201,66 +202,58 @@ def format_result(result: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    env = os.environ.get
     parser = argparse.ArgumentParser(
         description="Steady load on one replica; sample its RSS and open fds; fail on growth.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--duration-s",
-        type=_positive_float,
-        default=env("SOAK_DURATION_S", "600"),
+        type=cli.float_at_least(0.001),
+        default=cli.env("SOAK_DURATION_S", "600"),
         help="how long to run (env SOAK_DURATION_S; CI: 30)",
     )
     parser.add_argument(
         "--warmup-s",
-        type=float,
+        type=cli.float_at_least(0),
         help="samples before this are not compared (default a fifth of the duration, at most 60)",
     )
     parser.add_argument(
         "--sample-s",
-        type=_positive_float,
+        type=cli.float_at_least(0.001),
         help="time between samples (default: 30 samples over the run, 1 to 20 s apart)",
     )
-    parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
+    parser.add_argument("--clients", type=cli.int_at_least(1), default=8, help="concurrent clients")
     parser.add_argument(
-        "--rate", type=_positive_float, default=400.0, help="requests per second, all clients"
+        "--rate",
+        type=cli.float_at_least(0.001),
+        default=400.0,
+        help="requests per second, all clients",
     )
     parser.add_argument(
         "--reconnect-every",
-        type=int,
+        type=cli.int_at_least(0),
         default=50,
         help="each client opens a new connection after this many requests; 0: never",
     )
     parser.add_argument(
         "--malformed-every",
-        type=int,
+        type=cli.int_at_least(0),
         default=10,
         help="every Nth request of a client has no address; 0: none",
     )
-    parser.add_argument("--timeout-ms", type=int, default=2500, help="client reply timeout")
+    parser.add_argument(
+        "--timeout-ms", type=cli.int_at_least(1), default=2500, help="client reply timeout"
+    )
     parser.add_argument(
         "--max-growth-percent",
-        type=float,
+        type=cli.float_at_least(0),
         default=10.0,
         help="allowed growth of RSS and fds, after warm-up",
     )
     parser.add_argument("--nginx", action="store_true", help="put nginx in front of the replica")
     parser.add_argument("--json", action="store_true", help="also print the result as JSON")
     args = parser.parse_args(argv)
-    if args.clients < 1 or args.timeout_ms < 1:
-        parser.error("--clients and --timeout-ms must be positive")
     if args.warmup_s is None:
         args.warmup_s = min(60.0, args.duration_s / 5)
     if args.sample_s is None:
