@@ -76,6 +76,11 @@ class Client:
             sock.connect(endpoint)
         return sock
 
+    @property
+    def socket(self) -> zmq.asyncio.Socket | None:
+        """The REQ socket in use: None before the first request and after a timeout."""
+        return self._socket
+
     def close(self) -> None:
         """Close the socket, dropping anything unsent (linger 0)."""
         if self._socket is not None:

@@ -43,7 +43,7 @@ async def request(client: Client, label: str) -> protocol.Reply:
 
 def open_socket(client: Client) -> zmq.asyncio.Socket:
     """The client's current socket (opened by its first request)."""
-    sock = client._socket
+    sock = client.socket
     if sock is None:
         pytest.fail("the client has no open socket")
     return sock

@@ -100,6 +100,10 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _running(pids: set[int]) -> set[int]:
     """The processes of ``pids`` that still run (a zombie has exited)."""
     status = {pid: Path(f"/proc/{pid}/status") for pid in pids}
@@ -121,6 +125,9 @@ async def test_ctrl_c_stops_everything_it_started() -> None:
         "50",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        # A job started with `&` by a non-interactive shell (as CI may be)
+        # inherits SIGINT ignored; give the child the terminal's default back.
+        preexec_fn=_default_sigint,
     )
     assert process.stdout is not None
     async with asyncio.timeout(TIMEOUT_S):
