@@ -22,6 +22,11 @@ def env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def env_optional(name: str) -> str | None:
+    """The environment variable ``name``, or None if it is unset or empty."""
+    return os.environ.get(name) or None
+
+
 def env_list(name: str, default: str) -> list[str]:
     """A comma-separated environment variable as a list, blanks dropped."""
     return [item.strip() for item in env(name, default).split(",") if item.strip()]

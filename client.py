@@ -231,14 +231,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--curve-server-key",
         metavar="PATH",
-        default=cli.env("CLIENT_CURVE_SERVER_KEY", "") or None,
+        default=cli.env_optional("CLIENT_CURVE_SERVER_KEY"),
         help="CurveZMQ: the server's public .key certificate; turns encryption on "
         "(env CLIENT_CURVE_SERVER_KEY; default: no encryption)",
     )
     parser.add_argument(
         "--curve-secret-key",
         metavar="PATH",
-        default=cli.env("CLIENT_CURVE_SECRET_KEY", "") or None,
+        default=cli.env_optional("CLIENT_CURVE_SECRET_KEY"),
         help="CurveZMQ: this client's .key_secret certificate, whose public key the server "
         "must authorize (env CLIENT_CURVE_SECRET_KEY; default: a throwaway key pair)",
     )

@@ -30,6 +30,8 @@ from typing import Any
 import zmq
 import zmq.auth
 
+import cli
+
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -159,7 +161,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     gen.add_argument(
         "--dir",
         type=Path,
-        default=Path(os.environ.get("CURVE_KEYS_DIR", "keys")),
+        default=Path(cli.env("CURVE_KEYS_DIR", "keys")),
         help="where to write the key pairs (env CURVE_KEYS_DIR)",
     )
     gen.add_argument(

@@ -369,14 +369,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--curve-secret-key",
         metavar="PATH",
-        default=cli.env("SERVER_CURVE_SECRET_KEY", "") or None,
+        default=cli.env_optional("SERVER_CURVE_SECRET_KEY"),
         help="CurveZMQ: this server's .key_secret certificate (see keys.py); clients then "
         "need its public .key (env SERVER_CURVE_SECRET_KEY; default: no encryption)",
     )
     parser.add_argument(
         "--curve-authorized-keys",
         metavar="DIR",
-        default=cli.env("SERVER_CURVE_AUTHORIZED_KEYS", "") or None,
+        default=cli.env_optional("SERVER_CURVE_AUTHORIZED_KEYS"),
         help="CurveZMQ: directory of the client public keys (*.key) allowed to connect; "
         "others are refused by ZAP (env SERVER_CURVE_AUTHORIZED_KEYS; default: any client key)",
     )
