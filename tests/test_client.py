@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ import zmq.asyncio
 import protocol
 from client import Client
 from local_stack import LocalStack, free_port
+from tests.scripts import run_script
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 15.0
@@ -33,17 +33,8 @@ SEED_LINES = [
 async def run_client_cli(*args: str) -> tuple[int, str, str, float]:
     """Run client.py; return exit status, stdout, stderr and seconds taken."""
     started = time.perf_counter()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(PROJECT_DIR / "client.py"),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT_S)
-    elapsed_s = time.perf_counter() - started
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode(), elapsed_s
+    done = await run_script("client.py", *args, timeout_s=TIMEOUT_S)
+    return done.status, done.stdout, done.stderr, time.perf_counter() - started
 
 
 async def test_cli_prints_the_seed_lines_and_exits_zero(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from local_stack import free_port, nginx_binary, render_nginx_conf
 from run_clients import format_summary, percentile
+from tests.scripts import run_script
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 60.0
@@ -21,16 +22,8 @@ PREFIXED = re.compile(r"^client_\d+ +\| (Sending request: \d+|Received response:
 
 
 async def run_clients(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(PROJECT_DIR / "run_clients.py"),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT_S)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
+    done = await run_script("run_clients.py", *args, timeout_s=TIMEOUT_S)
+    return done.status, done.stdout, done.stderr
 
 
 @pytest.mark.parametrize(

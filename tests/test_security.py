@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import stat
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,11 @@ from zmq.utils.monitor import parse_monitor_message
 import keys
 import protocol
 from client import Client
-from local_stack import PROJECT_DIR, LocalStack, nginx_binary
+from local_stack import LocalStack, nginx_binary
 from protocol import RequestTimeout
+from tests.scripts import run_script
 
 TIMEOUT_S = 15.0
-CLIENT_SCRIPT = PROJECT_DIR / "client.py"
 HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -199,26 +198,13 @@ async def test_curve_without_authorized_keys_encrypts_for_any_client_key(
 
 
 async def _client_cli(endpoint: str, *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(CLIENT_SCRIPT),
-        "--connect",
-        endpoint,
-        "--requests",
-        "3",
-        "--malformed",
-        "1",
-        "--timeout-ms",
-        "500",
-        "--retries",
-        "2",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    done = await run_script(
+        "client.py",
+        *("--connect", endpoint, "--requests", "3", "--malformed", "1"),
+        *("--timeout-ms", "500", "--retries", "2", *args),
+        timeout_s=TIMEOUT_S,
     )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT_S)
-    status = await process.wait()
-    return status, stdout.decode(), stderr.decode()
+    return done.status, done.stdout, done.stderr
 
 
 @pytest.mark.nginx
