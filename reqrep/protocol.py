@@ -29,6 +29,9 @@ from typing import Final
 SERVER_RESPONSE: Final = b"Server response"
 INVALID_MESSAGE: Final = b"Invalid message"
 STATUSES: Final = (SERVER_RESPONSE, INVALID_MESSAGE)
+# The same statuses as text, as ``Reply.status`` and the reports carry them.
+SERVER_RESPONSE_TEXT: Final = SERVER_RESPONSE.decode()
+INVALID_MESSAGE_TEXT: Final = INVALID_MESSAGE.decode()
 
 REQUEST_FRAMES: Final = 2
 REPLY_FRAMES: Final = 3
@@ -84,7 +87,7 @@ class Reply:
 
     @property
     def ok(self) -> bool:
-        return self.status == SERVER_RESPONSE.decode()
+        return self.status == SERVER_RESPONSE_TEXT
 
 
 def message_size(frames: Sequence[bytes]) -> int:
