@@ -1,9 +1,8 @@
 """The ceiling: the least a ZeroMQ reply server can do, a synchronous REP echo loop.
 
-    python bench/ceiling.py --bind tcp://127.0.0.1:*
+    python -m bench.ceiling --bind tcp://127.0.0.1:*
 
-Prints ``ceiling serving on <endpoint>`` once bound, then echoes every request
-until killed (SIGTERM's default action ends it).
+Echoes every request until killed (SIGTERM's default action ends it).
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sock = zmq.Context().socket(zmq.REP)
     sock.bind(args.bind)
-    print(f"ceiling serving on {sock.getsockopt_string(zmq.LAST_ENDPOINT)}", flush=True)
     while True:
         sock.send_multipart(sock.recv_multipart())
 

@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass
 
 import zmq
 
-import cli
-import protocol
-from run_clients import percentile
-from server import recv_now, send_now
+from bench.machine import process_cpu_s
+from reqrep import cli, protocol
+from reqrep.frames import recv_now, send_now
+from reqrep.report import percentile
 
 EXPECT_SERVER = "server"
 EXPECT_ECHO = "echo"
@@ -52,12 +52,16 @@ class LoadResult:
     # its Python loop alone, in percent of one core over the measured window.
     cpu_percent: float
     loop_cpu_percent: float
+    # CPU time (user + system, every thread) of the watched server processes
+    # over the measured window, per reply, in microseconds; 0.0 if none watched.
+    server_cpu_us_per_reply: float = 0.0
 
 
 def _is_correct(expect: str, request: list[bytes], reply: list[bytes]) -> bool:
     if expect == EXPECT_ECHO:
         return reply == request
-    return len(reply) == 4 and reply[1] == protocol.SERVER_RESPONSE
+    # [delimiter, status, replica, detail]: a DEALER sees the REQ-style envelope.
+    return len(reply) == 1 + protocol.REPLY_FRAMES and reply[1] == protocol.SERVER_RESPONSE
 
 
 def run_load(
@@ -67,6 +71,7 @@ def run_load(
     warmup_s: float,
     expect: str = EXPECT_SERVER,
     payload_bytes: int = 16,
+    watch_pids: Sequence[int] = (),
 ) -> LoadResult:
     """Drive ``clients`` closed-loop clients for ``warmup_s`` + ``duration_s``.
 
@@ -88,10 +93,12 @@ def run_load(
                 sock.connect(endpoint)
             poller.register(sock, zmq.POLLIN)
             sockets.append(sock)
+        # The empty delimiter makes a DEALER's envelope look like a REQ socket's.
         requests = [
-            [b"", f"bench-client-{i}".encode(), b"x" * payload_bytes] for i in range(clients)
+            [b"", *protocol.encode_request(f"bench-client-{i}", b"x" * payload_bytes)]
+            for i in range(clients)
         ]
-        return _drive(poller, sockets, requests, duration_s, warmup_s, expect)
+        return _drive(poller, sockets, requests, (duration_s, warmup_s), expect, watch_pids)
     finally:
         for sock in sockets:
             sock.close(linger=0)
@@ -102,10 +109,11 @@ def _drive(
     poller: zmq.Poller,
     sockets: list[zmq.Socket[bytes]],
     requests: list[list[bytes]],
-    duration_s: float,
-    warmup_s: float,
+    window_s: tuple[float, float],
     expect: str,
+    watch_pids: Sequence[int],
 ) -> LoadResult:
+    duration_s, warmup_s = window_s
     clock = time.perf_counter_ns
     index = {sock: i for i, sock in enumerate(sockets)}
     started = clock()
@@ -114,7 +122,7 @@ def _drive(
     sent_at = [0] * len(sockets)
     latencies_ns: list[int] = []
     errors = 0
-    cpu_start = loop_cpu_start = 0.0
+    cpu_start = loop_cpu_start = server_cpu_start = 0.0
     measuring = False
     for i, sock in enumerate(sockets):
         sent_at[i] = clock()
@@ -124,6 +132,7 @@ def _drive(
         if not measuring and now >= window_start:
             measuring = True
             cpu_start, loop_cpu_start = time.process_time(), time.thread_time()
+            server_cpu_start = process_cpu_s(watch_pids)
         for sock, _ in poller.poll(POLL_MS):
             i = index[sock]
             reply = recv_now(sock)
@@ -139,6 +148,7 @@ def _drive(
         now = clock()
     cpu_s = time.process_time() - cpu_start
     loop_cpu_s = time.thread_time() - loop_cpu_start
+    server_cpu_s = process_cpu_s(watch_pids) - server_cpu_start if measuring else 0.0
     latencies_ms = [ns / 1e6 for ns in latencies_ns]
     return LoadResult(
         clients=len(sockets),
@@ -150,6 +160,7 @@ def _drive(
         p99_ms=percentile(latencies_ms, 0.99),
         cpu_percent=100 * cpu_s / duration_s if measuring else 0.0,
         loop_cpu_percent=100 * loop_cpu_s / duration_s if measuring else 0.0,
+        server_cpu_us_per_reply=1e6 * server_cpu_s / len(latencies_ns) if latencies_ns else 0.0,
     )
 
 
@@ -177,6 +188,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--payload-bytes", type=cli.int_at_least(0), default=16, help="size of the data frame"
     )
+    parser.add_argument(
+        "--watch-pid",
+        type=cli.int_at_least(1),
+        action="append",
+        default=[],
+        help="a server process whose CPU time per reply to report, repeatable",
+    )
     return parser.parse_args(argv)
 
 
@@ -189,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         max(0.0, args.warmup_s),
         args.expect,
         args.payload_bytes,
+        args.watch_pid,
     )
     print(json.dumps(asdict(result)), flush=True)
     return 0

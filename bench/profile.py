@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Where the server's time goes: py-spy samples one replica under load.
 
-    .venv/bin/python bench/profile.py                  # ROUTER, 16 clients, 5 s
-    .venv/bin/python bench/profile.py --server-args "--work-ms 20" --clients 64
+    .venv/bin/python -m bench.profile                  # ROUTER, 16 clients, 5 s
+    .venv/bin/python -m bench.profile --server-args "--work-ms 20" --clients 64
 
 Starts one server replica (``local_stack.LocalStack``), drives it with the
 load generator and records it with ``py-spy record`` (pinned in
@@ -22,13 +22,10 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-# Run as a script (python3 bench/profile.py): the project's modules are one level up.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import cli
 from bench.loadgen import EXPECT_SERVER
 from bench.run import run_loadgen
-from local_stack import LocalStack
+from reqrep import cli
+from reqrep.stack import LocalStack
 
 PYSPY_SETTLE_S = 0.5
 

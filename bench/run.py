@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Benchmarks: the server side by side with the ceiling, in one run, one table.
 
-    .venv/bin/python bench/run.py            # about 75 s; --repeat 3 on a busy machine
-    .venv/bin/python bench/run.py --quick    # smoke run, about 10 s
+    .venv/bin/python -m bench.run            # about 75 s; --repeat 3 on a busy machine
+    .venv/bin/python -m bench.run --quick    # smoke run, about 10 s
 
 Rows, each measured in this run with the same load generator
-(``bench/loadgen.py``: one process, one DEALER socket per virtual client):
+(``bench.loadgen``: one process, one DEALER socket per virtual client):
 
-    ceiling       a synchronous pyzmq REP echo loop (``bench/ceiling.py``)
+    ceiling       a synchronous pyzmq REP echo loop (``bench.ceiling``)
     direct        the project's server, ROUTER mode, clients connect to it
     nginx         the same behind nginx (the project's nginx.conf on loopback)
     nginx-3       3 replicas behind nginx
@@ -15,8 +15,11 @@ Rows, each measured in this run with the same load generator
     rep-work      --socket rep with the same --work-ms
 
 For each row and client count: requests per second, latency p50/p99, the
-ratio to the ceiling at the same client count, and the load generator's own
-CPU use. Then the targets, as PASS/FAIL lines with the ratios.
+ratio to the ceiling at the same client count, the server processes' CPU time
+per answered request (user + system, ZeroMQ's I/O thread included, over the
+measured window: a figure that does not depend on how fast the load generator
+is) and the load generator's own CPU use. Then the targets, as PASS/FAIL lines
+with the ratios.
 """
 
 from __future__ import annotations
@@ -25,32 +28,29 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
-import platform
-import re
 import shlex
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-# Run as a script (python3 bench/run.py): the project's modules are one level up.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import zmq
-
-import cli
 from bench.loadgen import EXPECT_ECHO, EXPECT_SERVER, LoadResult
-from local_stack import LocalStack, StackError, nginx_binary
+from bench.machine import machine as describe_machine
+from reqrep import cli
+from reqrep.stack import (
+    PROJECT_DIR,
+    LocalStack,
+    StackError,
+    free_port,
+    nginx_binary,
+    wait_listening,
+)
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-CEILING_SCRIPT = PROJECT_DIR / "bench" / "ceiling.py"
 START_TIMEOUT_S = 10.0
-_CEILING_SERVING = re.compile(r"serving on (tcp://\S+)")
 
-# The targets (issue "Benchmarks"); client counts they are judged at.
+# The targets; client counts they are judged at.
+ONE_CLIENT_P50_VS_CEILING = 1.2
 DIRECT_VS_CEILING = 0.8
 NGINX_VS_DIRECT = 0.7
 ROUTER_VS_REP = 25.0
@@ -107,24 +107,24 @@ def all_rows(work_ms: float, server_args: Sequence[str]) -> list[Row]:
 
 
 @contextlib.asynccontextmanager
-async def ceiling() -> AsyncIterator[list[str]]:
-    """Run the echo ceiling in its own process; yield its endpoint."""
+async def ceiling() -> AsyncIterator[tuple[list[str], list[int]]]:
+    """Run the echo ceiling in its own process; yield its endpoint (and pid) once it accepts."""
+    port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(CEILING_SCRIPT),
+        "-m",
+        "bench.ceiling",
         "--bind",
-        "tcp://127.0.0.1:*",
+        f"tcp://127.0.0.1:{port}",
+        cwd=PROJECT_DIR,
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
     )
     try:
-        if process.stdout is None:  # pragma: no cover - always piped
-            raise BenchError("ceiling has no stdout")
-        line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT_S)
-        match = _CEILING_SERVING.search(line.decode(errors="replace"))
-        if match is None:
-            raise BenchError(f"ceiling did not start: {line!r}")
-        yield [match.group(1)]
+        try:
+            await asyncio.wait_for(wait_listening(port, process), START_TIMEOUT_S)
+        except (StackError, TimeoutError):
+            raise BenchError("the ceiling echo server did not start") from None
+        yield [f"tcp://127.0.0.1:{port}"], [process.pid]
     finally:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
@@ -132,23 +132,30 @@ async def ceiling() -> AsyncIterator[list[str]]:
 
 
 @contextlib.asynccontextmanager
-async def target(row: Row) -> AsyncIterator[list[str]]:
-    """Start what a row measures; yield the endpoints the clients connect to."""
+async def target(row: Row) -> AsyncIterator[tuple[list[str], list[int]]]:
+    """Start what a row measures; yield the endpoints clients connect to and the server pids."""
     if row.replicas == 0:
-        async with ceiling() as endpoints:
-            yield endpoints
+        async with ceiling() as started:
+            yield started
         return
     async with LocalStack(row.replicas, server_args=row.server_args, nginx=row.nginx) as stack:
-        yield stack.endpoints
+        yield stack.endpoints, [replica.process.pid for replica in stack.replicas]
 
 
 async def run_loadgen(
-    endpoints: Sequence[str], clients: int, duration_s: float, warmup_s: float, expect: str
+    endpoints: Sequence[str],
+    clients: int,
+    duration_s: float,
+    warmup_s: float,
+    expect: str,
+    watch_pids: Sequence[int] = (),
 ) -> LoadResult:
     """One measurement: the load generator in its own process."""
     command = [sys.executable, "-m", "bench.loadgen", "--expect", expect]
     for endpoint in endpoints:
         command += ["--connect", endpoint]
+    for pid in watch_pids:
+        command += ["--watch-pid", str(pid)]
     command += ["--clients", str(clients), "--duration-s", str(duration_s)]
     command += ["--warmup-s", str(warmup_s)]
     process = await asyncio.create_subprocess_exec(
@@ -181,10 +188,10 @@ async def measure(args: argparse.Namespace, rows: Sequence[Row]) -> list[Measure
     for round_number in range(1, args.repeat + 1):
         for row in rows:
             expect = EXPECT_ECHO if row.replicas == 0 else EXPECT_SERVER
-            async with target(row) as endpoints:
+            async with target(row) as (endpoints, pids):
                 for clients in args.clients:
                     result = await run_loadgen(
-                        endpoints, clients, args.duration_s, args.warmup_s, expect
+                        endpoints, clients, args.duration_s, args.warmup_s, expect, pids
                     )
                     runs.setdefault((row.key, clients), []).append(result)
                     if args.verbose:
@@ -233,6 +240,30 @@ def _throughput_check(
     return Check(name, f"{ratio:.2f}x", ratio >= target)
 
 
+def _one_client_latency(measurements: Sequence[Measurement]) -> Check:
+    """With one client, the server's p50 stays within a factor of the sync REP loop's."""
+    name = f"1-client p50 <= {ONE_CLIENT_P50_VS_CEILING}x ceiling's"
+    direct, ceiling = _find(measurements, "direct", 1), _find(measurements, "ceiling", 1)
+    if direct is None or ceiling is None:
+        return Check(name, "not measured", None)
+    ratio = _ratio(direct.p50_ms, ceiling.p50_ms)
+    value = f"{ratio:.2f}x ({direct.p50_ms:.3f} vs {ceiling.p50_ms:.3f} ms)"
+    return Check(name, value, ratio <= ONE_CLIENT_P50_VS_CEILING)
+
+
+def _cpu_per_request(measurements: Sequence[Measurement], clients: int) -> Check:
+    """Server CPU per answered request, server vs the sync REP loop (information)."""
+    name = f"server CPU per request, {clients} clients"
+    direct, ceiling = (
+        _find(measurements, "direct", clients),
+        _find(measurements, "ceiling", clients),
+    )
+    if direct is None or ceiling is None:
+        return Check(name, "not measured", None)
+    us, base = direct.server_cpu_us_per_reply, ceiling.server_cpu_us_per_reply
+    return Check(name, f"{us:.1f} us vs ceiling {base:.1f} us ({_ratio(us, base):.2f}x)", None)
+
+
 def checks(measurements: Sequence[Measurement], work_ms: float) -> list[Check]:
     """The issue's targets, judged on this run's figures."""
     n, w = THROUGHPUT_CLIENTS, WORK_CLIENTS
@@ -254,6 +285,7 @@ def checks(measurements: Sequence[Measurement], work_ms: float) -> list[Check]:
             f"via nginx >= {NGINX_VS_DIRECT}x direct req/s, {n} clients",
         ),
     ]
+    found += [_one_client_latency(measurements), _cpu_per_request(measurements, n)]
     added = []
     for m in measurements:
         base = _find(measurements, "direct", m.result.clients)
@@ -307,28 +339,13 @@ def checks(measurements: Sequence[Measurement], work_ms: float) -> list[Check]:
 
 
 def machine() -> dict[str, str]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    """bench.machine's description, with the version of the nginx the nginx rows use."""
     nginx = nginx_binary()
-    nginx_version = ""
+    version = "not installed"
     if nginx:
         done = subprocess.run([nginx, "-v"], capture_output=True, text=True, check=False)
-        nginx_version = done.stderr.strip().removeprefix("nginx version: ")
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return {
-        "cpus": str(os.cpu_count()),
-        "cpu_model": model or platform.processor(),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "pyzmq": zmq.pyzmq_version(),
-        "libzmq": zmq.zmq_version(),
-        "nginx": nginx_version or "not installed",
-        "load_average_at_start": load,
-    }
+        version = done.stderr.strip().removeprefix("nginx version: ")
+    return {**describe_machine(), "nginx": version}
 
 
 def render(
@@ -348,7 +365,7 @@ def render(
     ]
     header = (
         f"{'row':<24} {'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'x ceiling':>9} {'errors':>6} {'loadgen CPU':>11}"
+        f"{'x ceiling':>9} {'errors':>6} {'srv us/req':>10} {'loadgen CPU':>11}"
     )
     lines += [header, "-" * len(header)]
     for m in measurements:
@@ -356,7 +373,8 @@ def render(
         ratio = "-" if m.ratio_to_ceiling is None else f"{m.ratio_to_ceiling:.2f}"
         lines.append(
             f"{m.label:<24} {r.clients:>7} {r.requests_per_s:>9.0f} {r.p50_ms:>8.3f} "
-            f"{r.p99_ms:>8.3f} {ratio:>9} {r.errors:>6} {r.cpu_percent:>10.0f}%"
+            f"{r.p99_ms:>8.3f} {ratio:>9} {r.errors:>6} {r.server_cpu_us_per_reply:>10.1f} "
+            f"{r.cpu_percent:>10.0f}%"
         )
     lines.append("")
     for check in found:
@@ -365,16 +383,6 @@ def render(
             verdict = "SKIP"
         lines.append(f"{verdict:<4}  {check.name}: {check.value}")
     return "\n".join(lines)
-
-
-def _client_counts(text: str) -> list[int]:
-    try:
-        counts = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"client counts must be positive: {text!r}")
-    return counts
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -394,7 +402,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--warmup-s", type=cli.float_at_least(0), help="warm-up seconds (default 0.5, quick 0.1)"
     )
     parser.add_argument(
-        "--clients", type=_client_counts, default=[1, 16, 64], help="client counts, e.g. 1,16,64"
+        "--clients",
+        type=cli.int_list_at_least(1),
+        default=[1, 16, 64],
+        help="client counts, e.g. 1,16,64",
     )
     parser.add_argument(
         "--work-ms", type=cli.float_at_least(0), default=20.0, help="work for the *-work rows"

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Soak: steady load on one server replica for a long time; does its memory or fd count grow?
 
-    .venv/bin/python bench/soak.py                   # 10 minutes
-    .venv/bin/python bench/soak.py --duration-s 30   # the CI run
+    .venv/bin/python -m bench.soak                   # 10 minutes
+    .venv/bin/python -m bench.soak --duration-s 30   # the CI run
 
 Starts one replica on loopback (``local_stack``; ``--nginx`` puts nginx in
 front), then runs ``--clients`` Lazy Pirate clients at a steady total
@@ -22,37 +22,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import zmq.asyncio
 
-# Run as a script (python3 bench/soak.py): the project's modules are one level up.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import cli
-import protocol
-from client import Client, ClientConfig
-from local_stack import LocalStack
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process in KiB, from /proc/<pid>/status (VmRSS)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
-def open_fds(pid: int) -> int:
-    """How many file descriptors a process has open."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
+from reqrep import cli, protocol
+from reqrep.client import Client
+from reqrep.config import ClientConfig
+from reqrep.stack import LocalStack, open_fds, rss_kib
 
 
 @dataclass(frozen=True, slots=True)
