@@ -1,10 +1,12 @@
-"""Shared fixtures: real ZeroMQ sockets on 127.0.0.1, owned and closed by the tests."""
+"""Fixtures for every test: real ZeroMQ sockets on 127.0.0.1, owned and closed by the tests.
+
+Helpers that are not fixtures live in tests/support.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
@@ -13,21 +15,10 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from client import Client, ClientConfig
-from server import Server, ServerConfig
-
-LOOPBACK = "tcp://127.0.0.1:*"
-TERM_TIMEOUT_S = 5.0
-STOP_TIMEOUT_S = 10.0
-
-
-def terminate(context: zmq.Context[Any]) -> None:
-    """Terminate a context; fail the test if a socket left open blocks it."""
-    thread = threading.Thread(target=context.term, daemon=True)
-    thread.start()
-    thread.join(TERM_TIMEOUT_S)
-    if thread.is_alive():
-        pytest.fail("the ZeroMQ context could not terminate: a socket was left open")
+from reqrep.client import Client
+from reqrep.config import ClientConfig, ServerConfig
+from reqrep.server import Server
+from tests.support import LOOPBACK, RunningServer, terminate
 
 
 @pytest.fixture
@@ -42,23 +33,6 @@ def sync_context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     yield ctx
     terminate(ctx)
-
-
-class RunningServer:
-    """A Server serving in a task of the test's event loop."""
-
-    def __init__(self, server: Server, task: asyncio.Task[None], stop: asyncio.Event) -> None:
-        self.server = server
-        self.task = task
-        self.stop_event = stop
-
-    @property
-    def endpoint(self) -> str:
-        return self.server.endpoints[0]
-
-    async def stop(self) -> None:
-        self.stop_event.set()
-        await asyncio.wait_for(asyncio.shield(self.task), STOP_TIMEOUT_S)
 
 
 @pytest.fixture

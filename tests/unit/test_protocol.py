@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-import protocol
-from protocol import MalformedReply, MalformedRequest, Reply, Request
+from reqrep import protocol
+from reqrep.protocol import MalformedReply, MalformedRequest, Reply, Request
 
 
-def test_well_formed_request_parses() -> None:
+def test_well_formed_request_is_two_frames_and_parses_back() -> None:
     frames = protocol.encode_request("client-1", b"hello")
     assert frames == [b"client-1", b"hello"]
     assert protocol.parse_request(frames) == Request("client-1", b"hello")
 
 
-def test_empty_data_is_allowed() -> None:
+def test_request_with_empty_data_parses() -> None:
     assert protocol.parse_request([b"a", b""]) == Request("a", b"")
 
 
@@ -44,7 +44,7 @@ def test_size_limit_counts_every_frame() -> None:
         protocol.parse_request([b"a" * 32, b"b" * 33], max_message_bytes=64)
 
 
-def test_respond_builds_both_replies() -> None:
+def test_respond_gives_server_response_or_invalid_message_with_reason() -> None:
     reply, reason = protocol.respond([b"a", b"data"], b"replica-1")
     assert reply == [b"Server response", b"replica-1", b""]
     assert reason is None
@@ -54,7 +54,7 @@ def test_respond_builds_both_replies() -> None:
     assert reply[2].decode() == reason
 
 
-def test_reply_round_trip() -> None:
+def test_ok_and_invalid_replies_parse_back_to_what_was_built() -> None:
     assert protocol.parse_reply(protocol.ok_reply(b"r1")) == Reply("Server response", "r1", "")
     parsed = protocol.parse_reply(protocol.invalid_reply(b"r2", "missing address"))
     assert parsed == Reply("Invalid message", "r2", "missing address")
@@ -65,7 +65,7 @@ def test_reply_round_trip() -> None:
     "frames",
     [[], [b"Server response"], [b"Nope", b"r", b""], [b"Server response", b"\xff", b""]],
 )
-def test_malformed_replies_raise(frames: list[bytes]) -> None:
+def test_malformed_replies_raise_malformed_reply(frames: list[bytes]) -> None:
     with pytest.raises(MalformedReply):
         protocol.parse_reply(frames)
 
@@ -86,7 +86,9 @@ def test_malformed_replies_raise(frames: list[bytes]) -> None:
         ([b"id"], [b"id"], []),
     ],
 )
-def test_split_envelope(frames: list[bytes], envelope: list[bytes], body: list[bytes]) -> None:
+def test_split_envelope_separates_routing_ids_and_delimiter_from_request(
+    frames: list[bytes], envelope: list[bytes], body: list[bytes]
+) -> None:
     assert protocol.split_envelope(frames) == (envelope, body)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import protocol
-from protocol import MalformedReply, MalformedRequest, Reply, Request
+from reqrep import protocol
+from reqrep.protocol import MalformedReply, MalformedRequest, Reply, Request
 
 # Bounded so the whole file stays CI-sized (a few seconds); deadline off for a noisy machine.
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

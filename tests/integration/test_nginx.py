@@ -1,8 +1,9 @@
-"""nginx.conf against a real nginx on loopback, in front of real server replicas.
+"""The shared nginx settings against a real nginx on loopback, in front of real replicas.
 
-The stack comes from local_stack.LocalStack, which renders the project's
-nginx.conf with the replicas' loopback ports (and, where asked, a directive
-changed, such as a short ``proxy_timeout``).
+The stack comes from reqrep.stack.LocalStack, whose nginx config lists the
+replicas' loopback ports and includes the proxy settings every target shares
+(deploy/nginx/zmq-proxy.conf); where asked, a setting is given again in its
+server block, such as a short ``proxy_timeout``, or a small per-address limit.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-import protocol
-from client import Client, ClientConfig
-from local_stack import NGINX_CONF, LocalStack, nginx_binary
+from reqrep import protocol
+from reqrep.client import Client
+from reqrep.config import ClientConfig
+from reqrep.stack import LocalStack
+from tests.support import needs_nginx
 
 pytestmark = [
     pytest.mark.nginx,
-    pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed"),
+    needs_nginx,
 ]
 
 REPLY_TIMEOUT_S = 5.0
@@ -186,11 +189,11 @@ async def zmtp_greeting(port: int) -> bytes:
 
 
 async def test_connections_skip_replicas_that_are_down() -> None:
-    """proxy_next_upstream: a refused connect is retried on the next replica.
+    """A refused connect is retried on the next replica (the shared settings' next upstream).
 
     Two of three replicas are stopped. Every connection through nginx must
-    still reach the live one and read its ZMTP greeting; without
-    proxy_next_upstream, a connection that nginx first sends to a stopped
+    still reach the live one and read its ZMTP greeting; without the retry on
+    the next upstream, a connection that nginx first sends to a stopped
     replica is closed before any byte arrives.
     """
     async with LocalStack(3, nginx=True) as stack:
@@ -203,13 +206,40 @@ async def test_connections_skip_replicas_that_are_down() -> None:
         assert greeting[-1] == 0x7F
 
 
-def test_config_runs_on_official_and_debian_images_alike() -> None:
-    """No load_module (the official image has stream built in); the shape local_stack needs."""
-    text = NGINX_CONF.read_text()
-    directives = [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    assert not any(d.startswith("load_module") for d in directives)
-    assert "listen 5555;" in directives
-    assert any(re.fullmatch(r"upstream zmq_servers \{", d) for d in directives)
-    assert any(
-        re.fullmatch(r"server \S+:5555 .*max_fails=\d+ fail_timeout=\d+s;", d) for d in directives
-    )
+async def test_connections_over_the_per_address_limit_are_refused_and_logged(
+    tmp_path: Path,
+) -> None:
+    """limit_conn: beyond the limit, a connection from the same address is closed at once.
+
+    On loopback every connection comes from 127.0.0.1. With a limit of 3, three
+    held connections reach a replica (its ZMTP greeting arrives); the next ones
+    are closed before any byte, logged with status=503; once one of the three
+    closes, a new connection is let through again.
+    """
+    limit = 3
+    access_log = tmp_path / "access.log"
+    async with LocalStack(
+        1, nginx=True, conn_limit=limit, nginx_overrides={"access_log": f"{access_log} zmq"}
+    ) as stack:
+        # LocalStack's own probe of the port is the first connection logged.
+        logged = len(await wait_for_lines(access_log, 1, REPLY_TIMEOUT_S))
+        held = [await asyncio.open_connection("127.0.0.1", stack.nginx_port) for _ in range(limit)]
+        try:
+            for reader, _ in held:
+                greeting = await asyncio.wait_for(
+                    reader.readexactly(ZMTP_SIGNATURE_BYTES), REPLY_TIMEOUT_S
+                )
+                assert greeting[0] == 0xFF
+            refused = [await zmtp_greeting(stack.nginx_port) for _ in range(2)]
+            assert refused == [b"", b""], "connections over the limit got through"
+            lines = await wait_for_lines(access_log, logged + 2, REPLY_TIMEOUT_S)
+            assert all(" status=503 " in line for line in lines[logged:]), lines[logged:]
+            assert all(line.startswith("127.0.0.1 ") for line in lines[logged:])
+            _, writer = held.pop()
+            writer.close()
+            await wait_for_lines(access_log, logged + 3, REPLY_TIMEOUT_S)
+            again = await zmtp_greeting(stack.nginx_port)
+            assert len(again) == ZMTP_SIGNATURE_BYTES, "a slot freed, but still refused"
+        finally:
+            for _, writer in held:
+                writer.close()

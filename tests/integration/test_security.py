@@ -14,12 +14,12 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-import keys
-import protocol
-from client import Client
-from local_stack import LocalStack, nginx_binary
-from protocol import RequestTimeout
-from tests.scripts import run_script
+import keys as keys_cli
+from reqrep import keys, protocol
+from reqrep.client import Client
+from reqrep.protocol import RequestTimeout
+from reqrep.stack import LocalStack
+from tests.support import needs_nginx, run_script
 
 TIMEOUT_S = 15.0
 HANDSHAKE_FAILED = (
@@ -74,7 +74,7 @@ def curve_keys(tmp_path: Path) -> Keys:
 def test_keys_command_writes_private_secrets_and_never_overwrites(tmp_path: Path) -> None:
     directory, authorized = tmp_path / "keys", tmp_path / "authorized"
     argv = ["generate", "--dir", str(directory), "--authorize", str(authorized), "c1", "c2"]
-    assert keys.main(argv) == 0
+    assert keys_cli.main(argv) == 0
     for name in ("c1", "c2"):
         secret = directory / f"{name}.key_secret"
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
@@ -84,13 +84,13 @@ def test_keys_command_writes_private_secrets_and_never_overwrites(tmp_path: Path
         assert "secret-key" not in (directory / f"{name}.key").read_text()
         assert keys.load_public_key(authorized / f"{name}.key") == pair.public
     before = (directory / "c1.key_secret").read_bytes()
-    assert keys.main(["generate", "--dir", str(directory), "c1"]) == 1
+    assert keys_cli.main(["generate", "--dir", str(directory), "c1"]) == 1
     assert (directory / "c1.key_secret").read_bytes() == before
     with pytest.raises(keys.CurveKeyError, match="no secret key"):
         keys.load_key_pair(directory / "c1.key")
     with pytest.raises(keys.CurveKeyError, match="cannot read"):
         keys.load_key_pair(directory / "missing.key_secret")
-    assert keys.main(["generate", "--dir", str(directory), "../escape"]) == 1
+    assert keys_cli.main(["generate", "--dir", str(directory), "../escape"]) == 1
 
 
 def _curve_client(
@@ -201,14 +201,14 @@ async def _client_cli(endpoint: str, *args: str) -> tuple[int, str, str]:
     done = await run_script(
         "client.py",
         *("--connect", endpoint, "--requests", "3", "--malformed", "1"),
-        *("--timeout-ms", "500", "--retries", "2", *args),
+        *("--timeout-ms", "500", "--tries", "2", *args),
         timeout_s=TIMEOUT_S,
     )
     return done.status, done.stdout, done.stderr
 
 
 @pytest.mark.nginx
-@pytest.mark.skipif(not nginx_binary(), reason="no nginx")
+@needs_nginx
 async def test_through_nginx_only_authorized_clients_are_served(curve_keys: Keys) -> None:
     """Server and client processes, configured by flags; nginx forwards CURVE untouched."""
     server_key = ["--curve-server-key", str(curve_keys.server_public)]
@@ -263,13 +263,12 @@ async def test_bad_server_key_settings_stop_it_with_status_1(
         "authorized": str(curve_keys.authorized_dir),
         "missing": str(tmp_path / "missing"),
     }
-    process = await asyncio.create_subprocess_exec(
-        *LocalStack(1).server_command("bad", "tcp://127.0.0.1:*"),
+    done = await run_script(
+        "server.py",
+        *("--bind", "tcp://127.0.0.1:*", "--name", "bad"),
         *(arg.format(**paths) for arg in args),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+        timeout_s=TIMEOUT_S,
     )
-    _, stderr = await asyncio.wait_for(process.communicate(), TIMEOUT_S)
-    assert process.returncode == 1
-    assert b"Cannot set up CURVE" in stderr
-    assert complaint.encode() in stderr
+    assert done.status == 1
+    assert "Cannot set up CURVE" in done.stderr
+    assert complaint in done.stderr

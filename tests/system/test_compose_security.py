@@ -41,28 +41,24 @@ import pytest
 import zmq
 import zmq.asyncio
 
-import keys
-import protocol
-from client import Client, ClientConfig
-from local_stack import free_port
-from tests.dockerutil import (
+from reqrep import keys, protocol
+from reqrep.client import Client
+from reqrep.config import ClientConfig
+from reqrep.stack import free_port
+from tests.support import (
     ANSWER_TIMEOUT_S,
-    SETUP_HINT,
+    SEED_REQUESTS,
     Project,
     docker,
     docker_unchecked,
-    engine_problem,
+    lines_per_client,
+    needs_compose,
+    seed_lines,
     wait_for_replica,
     wait_healthy,
 )
-from tests.test_docker_e2e import SEED_REQUESTS, lines_per_client, seed_lines
 
-ENGINE_PROBLEM = engine_problem()
-
-pytestmark = [
-    pytest.mark.docker,
-    pytest.mark.skipif(ENGINE_PROBLEM is not None, reason=f"{ENGINE_PROBLEM}; {SETUP_HINT}"),
-]
+pytestmark = needs_compose()
 
 # Building is quick once the base images exist (the layers are shared with
 # the other compose tests); bounded well under pytest's 300 s per test.
@@ -82,7 +78,7 @@ services:
       LOG_LEVEL: DEBUG
     healthcheck:
       test: ["CMD", "python", "client.py", "--ping", "--connect", "tcp://127.0.0.1:5555",
-             "--timeout-ms", "{WORK_MS + 3000}", "--retries", "1"]
+             "--timeout-ms", "{WORK_MS + 3000}", "--tries", "1"]
       timeout: {WORK_MS // 1000 + 5}s
 """
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", re.MULTILINE)

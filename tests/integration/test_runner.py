@@ -12,11 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from local_stack import free_port, nginx_binary, render_nginx_conf
-from run_clients import format_summary, percentile
-from tests.scripts import run_script
+from reqrep.stack import free_port
+from tests.support import PROJECT_DIR, needs_nginx, run_script
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 60.0
 PREFIXED = re.compile(r"^client_\d+ +\| (Sending request: \d+|Received response: .+)$")
 
@@ -29,19 +27,19 @@ async def run_clients(*args: str) -> tuple[int, str, str]:
 @pytest.mark.parametrize(
     "nginx",
     [
-        pytest.param(True, marks=pytest.mark.skipif(not nginx_binary(), reason="no nginx")),
+        pytest.param(True, marks=[pytest.mark.nginx, needs_nginx]),
         False,
     ],
     ids=["nginx", "zeromq-balancing"],
 )
-async def test_local_three_replicas_summary(nginx: bool) -> None:
+async def test_local_three_replicas_answer_all_and_json_summary_counts_them(nginx: bool) -> None:
     args = ["--local", "3", "--clients", "6", "--requests", "10", "--interval-ms", "20"]
     status, stdout, stderr = await run_clients(*args, *([] if nginx else ["--no-nginx"]), "--json")
     assert status == 0, stderr
-    lines = stdout.splitlines()
+    summary = json.loads(stdout)  # --json: stdout is the JSON summary alone
+    lines = stderr.splitlines()
     assert ("(nginx)" in lines[0]) is nginx
-    json_start = lines.index("{")
-    output, summary = lines[1:json_start], json.loads("\n".join(lines[json_start:]))
+    output = [line for line in lines[1:] if line.startswith("client_")]
     assert all(PREFIXED.match(line) for line in output), output[:5]
     assert len(output) == 6 * 10 * 2
     total = summary["total"]
@@ -56,7 +54,7 @@ async def test_local_three_replicas_summary(nginx: bool) -> None:
         assert client["latency_ms"]["p50"] > 0
 
 
-async def test_human_summary_reads_at_a_glance() -> None:
+async def test_human_summary_shows_totals_replicas_and_result() -> None:
     status, stdout, _ = await run_clients("--local", "2", "--no-nginx", "--requests", "4")
     assert status == 0
     assert "Summary: 2 clients, 8 requests" in stdout
@@ -68,21 +66,12 @@ async def test_human_summary_reads_at_a_glance() -> None:
 async def test_unreachable_server_fails_clearly_with_nonzero_exit() -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     status, stdout, _ = await run_clients(
-        "--connect", endpoint, "--timeout-ms", "100", "--retries", "2", "--clients", "2"
+        "--connect", endpoint, "--timeout-ms", "100", "--tries", "2", "--clients", "2"
     )
     assert status == 1
     assert "Result: FAILED" in stdout
     assert "did not answer request 0 after 2 tries" in stdout
     assert re.search(r"^total\s+2\s+0\s+0\s+2\s", stdout, re.MULTILINE)
-
-
-async def test_bad_arguments_get_a_usage_error() -> None:
-    status, _, stderr = await run_clients("--clients", "0")
-    assert status == 2
-    assert "usage:" in stderr
-    status, _, stderr = await run_clients("--local", "2", "--docker")
-    assert status == 2
-    assert "not allowed with argument" in stderr
 
 
 def _children(pid: int) -> set[int]:
@@ -132,42 +121,3 @@ async def test_ctrl_c_stops_everything_it_started() -> None:
         await process.communicate()
     assert process.returncode == 130
     assert _running(started) == set()
-
-
-def test_rendered_nginx_conf_points_at_the_replicas() -> None:
-    template = (PROJECT_DIR / "nginx.conf").read_text()
-    assert not re.search(r"^\s*load_module", template, re.MULTILINE)
-    rendered = render_nginx_conf(template, 6000, ["127.0.0.1:7001", "127.0.0.1:7002"])
-    assert "listen 127.0.0.1:6000;" in rendered
-    servers = re.findall(r"^\s*server (\S+:\d+)([^;]*);", rendered, re.MULTILINE)
-    assert [s[0] for s in servers] == ["127.0.0.1:7001", "127.0.0.1:7002"]
-    assert all("max_fails=" in s[1] for s in servers)
-
-
-def test_percentile_nearest_rank() -> None:
-    assert percentile([], 0.5) == 0.0
-    assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
-    assert percentile(list(map(float, range(1, 101))), 0.99) == 99.0
-
-
-def test_format_summary_names_failed_clients() -> None:
-    stats = {
-        "sent": 1,
-        "server_response": 0,
-        "invalid_message": 0,
-        "failed": 1,
-        "retried": 0,
-        "latency_ms": {"p50": 0.0, "p95": 0.0, "p99": 0.0},
-    }
-    text = format_summary(
-        {
-            "clients": [{"name": "client_1", "exit_code": 1, "error": "boom", **stats}],
-            "total": stats,
-            "elapsed_s": 1.0,
-            "requests_per_second": 0.0,
-            "replicas": {},
-            "ok": False,
-        }
-    )
-    assert "Result: FAILED" in text
-    assert "client_1: boom" in text

@@ -15,8 +15,10 @@ only through nginx on 127.0.0.1, with real clients:
 - ``docker stack rm`` removes services, containers, network and config.
 
 They run in that order on one stack and are bounded in time. Without a Docker
-engine they are skipped. The tests without a mark check the stack file and its
-nginx config offline.
+engine they are skipped. The tests without a mark check the stack file
+offline; the one marked ``docker`` runs ``nginx -t`` on Swarm's nginx config in
+the nginx image, laid out as the stack lays it out. (How the config is made up,
+and that each target ships the shared settings: tests/unit/test_nginx_config.py.)
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +37,25 @@ import pytest
 import yaml
 import zmq.asyncio
 
-import protocol
-from client import Client, ClientConfig
-from local_stack import free_port
-from tests.dockerutil import PROJECT_DIR, SETUP_HINT, docker, engine_problem
-from tests.test_kubernetes import (
-    assert_same_stream_logic,
-    needs_nginx,
-    nginx_check,
-    nginx_directives,
+from reqrep import protocol
+from reqrep.client import Client
+from reqrep.config import ClientConfig
+from reqrep.stack import free_port
+from tests.support import (
+    PROJECT_DIR,
+    SETUP_HINT,
+    Load,
+    assert_no_request_lost,
+    docker,
+    docker_async,
+    engine_problem,
+    kill_the_replica_of_the_first_load,
+    loads_running,
+    nginx_t_in_image,
 )
 
 SWARM_DIR = PROJECT_DIR / "deploy" / "swarm"
 STACK_FILE = SWARM_DIR / "docker-stack.yml"
-SWARM_NGINX_CONF = SWARM_DIR / "nginx.conf"
 COMPOSE_FILE = PROJECT_DIR / "docker-compose.yml"
 
 # Names of this test's own, so it never touches another stack on the engine.
@@ -78,11 +85,6 @@ needs_engine = pytest.mark.skipif(
 
 
 # --- docker commands -----------------------------------------------------------
-
-
-async def docker_async(*args: str, timeout_s: float = DOCKER_TIMEOUT_S) -> str:
-    """``docker(...)`` without blocking the event loop (clients keep running)."""
-    return await asyncio.wait_for(asyncio.to_thread(docker, *args, timeout_s=timeout_s), timeout_s)
 
 
 def swarm_state() -> str:
@@ -268,7 +270,7 @@ async def probe(context: zmq.asyncio.Context, endpoint: str) -> str:
     config = ClientConfig(endpoints=(endpoint,), timeout_ms=WORK_MS + 1500, tries=3, heartbeat_ms=0)
     async with Client(config, context) as client:
         reply = await client.request(protocol.encode_request("probe", b"which replica?"), "probe")
-    assert reply.status == protocol.SERVER_RESPONSE.decode()
+    assert reply.status == protocol.SERVER_RESPONSE_TEXT
     return reply.replica
 
 
@@ -290,50 +292,6 @@ async def wait_answering(
             if not replicas <= seen.keys():
                 await asyncio.sleep(0.2)  # polling nginx's DNS cache: no event to await
     return time.monotonic() - started, seen
-
-
-@dataclass
-class Load:
-    """One client sending requests on its connection until told to stop."""
-
-    name: str
-    replies: list[str] = field(default_factory=list)
-    sent: int = 0
-    retried: int = 0
-    finished: bool = False
-    progress: asyncio.Event = field(default_factory=asyncio.Event)
-    sending: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def run(
-        self, context: zmq.asyncio.Context, endpoint: str, stop: asyncio.Event, max_requests: int
-    ) -> None:
-        # Lazy Pirate: an unanswered request is resent on a new connection,
-        # which nginx gives to a live replica; 5 tries cover nginx's 5 s DNS
-        # cache still naming a dead replica.
-        config = ClientConfig(endpoints=(endpoint,), timeout_ms=WORK_MS + 1500, tries=5)
-        try:
-            async with Client(config, context) as client:
-                while not stop.is_set() and self.sent < max_requests:
-                    frames = protocol.encode_request(self.name, f"request {self.sent}".encode())
-                    self.sent += 1
-                    self.sending.set()
-                    reply = await client.request(frames, str(self.sent))
-                    assert reply.status == protocol.SERVER_RESPONSE.decode(), reply
-                    self.replies.append(reply.replica)
-                    self.retried += client.last_tries > 1
-                    self.progress.set()
-                    await asyncio.sleep(0.005)
-        finally:
-            self.finished = True
-            self.progress.set()
-
-    async def answered_at_least(self, count: int) -> None:
-        """Return once ``count`` requests are answered; fail if the client stopped first."""
-        while len(self.replies) < count:
-            if self.finished:
-                pytest.fail(f"{self.name} stopped after {len(self.replies)} of {count} replies")
-            self.progress.clear()
-            await self.progress.wait()
 
 
 # --- the tests on a running swarm ----------------------------------------------------
@@ -384,56 +342,30 @@ async def test_killed_replica_loses_no_request_and_is_replaced(
 ) -> None:
     before = await asyncio.to_thread(running_tasks, stack.server)
     assert len(before) >= 3
-    stop = asyncio.Event()
-    loads = [Load(f"load-{i}") for i in range(6)]
-    tasks = [asyncio.create_task(load.run(context, stack.endpoint, stop, 20_000)) for load in loads]
-    try:
-        async with asyncio.timeout(240):
-            await asyncio.gather(*(load.answered_at_least(2) for load in loads))
-            # Kill the replica on load-0's connection just as load-0 sends it
-            # a request: the replica works on it for WORK_MS, so it dies with
-            # the request unanswered.
-            loads[0].sending.clear()
-            await loads[0].sending.wait()
-            victim = loads[0].replies[-1]
-            answered_at_kill = [len(load.replies) for load in loads]
-            killed = time.monotonic()
-            await docker_async("kill", victim)
-            kill_s = time.monotonic() - killed
-            # Every client goes on being answered, load-0 by another replica.
-            await asyncio.gather(
-                *(
-                    load.answered_at_least(n + 3)
-                    for load, n in zip(loads, answered_at_kill, strict=True)
-                )
-            )
-            recovered_s = time.monotonic() - killed
-            after = await wait_running_async(stack.server, len(before), frozenset({victim}))
-            replacement = after - before
-            await wait_answering(context, stack.endpoint, replacement)
-            replaced_s = time.monotonic() - killed
-            stop.set()
-            await asyncio.gather(*tasks)
-    finally:
-        stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    # 5 tries cover nginx's 5 s DNS cache still naming a dead replica.
+    loads = [Load(f"load-{i}", timeout_ms=WORK_MS + 1500, tries=5) for i in range(6)]
+    async with asyncio.timeout(240), loads_running(context, stack.endpoint, loads):
+        # The replica works on load-0's request for WORK_MS, so it dies with it unanswered.
+        killed = await kill_the_replica_of_the_first_load(
+            loads, lambda victim: docker_async("kill", victim)
+        )
+        after = await wait_running_async(stack.server, len(before), frozenset({killed.victim}))
+        replacement = after - before
+        await wait_answering(context, stack.endpoint, replacement)
+        replaced_s = time.monotonic() - killed.at
     print(
-        f"killed {victim} (docker kill took {kill_s:.2f} s): its client answered again "
-        f"within {recovered_s:.1f} s "
+        f"killed {killed.victim} (docker kill took {killed.kill_s:.2f} s): its client answered "
+        f"again within {killed.recovered_s:.1f} s "
         f"({sum(load.retried for load in loads)} requests resent), replacement "
         f"{replacement} answering new connections {replaced_s:.1f} s after the kill"
     )
-    # Nothing lost: every request sent got its reply (a timeout would have raised).
-    for load in loads:
-        assert len(load.replies) == load.sent, load.name
+    assert_no_request_lost(loads, killed)
     # The request the killed replica held was resent and answered by another.
     assert loads[0].retried >= 1
-    assert loads[0].replies[answered_at_kill[0]] != victim
-    assert victim not in after
+    assert loads[0].replies[killed.answered_at_kill[0]] != killed.victim
+    assert killed.victim not in after
     (new_task,) = replacement
-    slot = victim.rsplit(".", 1)[0]
+    slot = killed.victim.rsplit(".", 1)[0]
     assert new_task.startswith(f"{slot}."), "swarm replaced the task in the same slot"
     assert len(all_tasks(stack.nginx)) == 1, "nginx was not restarted"
 
@@ -470,15 +402,6 @@ def test_stack_file_avoids_the_routing_mesh_and_virtual_ips() -> None:
         assert "image" in service
 
 
-def test_stack_file_gives_nginx_the_swarm_config() -> None:
-    stack_file = load_yaml(STACK_FILE)
-    (config,) = stack_file["services"]["nginx"]["configs"]
-    assert config["target"] == "/etc/nginx/nginx.conf"
-    assert (SWARM_DIR / stack_file["configs"][config["source"]]["file"]).resolve() == (
-        SWARM_NGINX_CONF
-    )
-
-
 def test_stack_server_runs_like_the_compose_server() -> None:
     """Same environment and stop grace period as docker-compose.yml's server."""
     stack_server = load_yaml(STACK_FILE)["services"]["server"]
@@ -489,19 +412,16 @@ def test_stack_server_runs_like_the_compose_server() -> None:
     assert stack_server["environment"]["SERVER_NAME"] == "{{.Task.Name}}"
 
 
-def test_swarm_nginx_conf_is_the_stream_logic_of_nginx_conf() -> None:
-    servers = load_yaml(STACK_FILE)["services"]
-    assert "server" in servers
-    assert_same_stream_logic(SWARM_NGINX_CONF.read_text(), "tasks.server")
-    resolver = next(
-        d for d in nginx_directives(SWARM_NGINX_CONF.read_text()) if d.name == "resolver"
-    )
-    assert resolver.args[0] == "127.0.0.11", "Docker's embedded DNS"
-
-
-@pytest.mark.nginx
-@needs_nginx
-def test_swarm_nginx_conf_passes_nginx_t(tmp_path: Path) -> None:
-    checked = nginx_check(SWARM_NGINX_CONF.read_text(), tmp_path)
+@pytest.mark.docker
+@needs_engine
+def test_swarm_nginx_config_passes_nginx_t_in_the_nginx_image() -> None:
+    """The stack's configs, where the stack puts them, in the image nginx runs."""
+    stack_file = load_yaml(STACK_FILE)
+    files = {}
+    for config in stack_file["services"]["nginx"]["configs"]:
+        directory, name = config["target"].rsplit("/", 1)
+        assert directory == "/etc/nginx"
+        files[name] = (SWARM_DIR / stack_file["configs"][config["source"]]["file"]).read_text()
+    checked = nginx_t_in_image(files, "/etc/nginx")
     assert checked.returncode == 0, checked.stderr
     assert "test is successful" in checked.stderr

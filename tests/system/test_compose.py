@@ -9,8 +9,9 @@ that one project:
 2. ``run_clients.py`` on the host, 6 clients through the published port: every
    request answered as it should be, by all 3 replicas;
 3. ``run_clients.py --docker``: the clients as ``docker-compose run`` containers;
-4. ``docker kill`` of a replica while 6 clients run: nothing lost, exit 0;
-5. ``--scale server=4`` and a reload of nginx: the new replica gets connections;
+4. ``docker kill`` of a replica while 6 clients send: no request lost (the helpers are
+   shared with the swarm test's kill);
+5. ``--scale server=4`` (no other step): the new replica gets connections;
 6. ``docker-compose stop`` in under 5 s, every container exiting 0; ``down -v``
    leaves no container and no network.
 
@@ -21,27 +22,31 @@ says why; ``bash ../shared/docker-offline/setup.sh .`` provides both.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import re
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import zmq.asyncio
 
-import protocol
-from local_stack import free_port
-from tests.dockerutil import (
+from reqrep.stack import free_port
+from tests.support import (
     PROJECT_DIR,
-    SETUP_HINT,
+    SEED_REQUESTS,
+    Load,
     Project,
+    assert_no_request_lost,
     docker,
-    engine_problem,
+    docker_async,
+    kill_the_replica_of_the_first_load,
+    lines_per_client,
+    loads_running,
+    needs_compose,
+    seed_lines,
     wait_for_replica,
     wait_healthy,
 )
@@ -55,21 +60,12 @@ ANSWER_TIMEOUT_S = 30.0
 CLIENTS_TIMEOUT_S = 120.0
 STOP_LIMIT_S = 5.0
 
-SEED_REQUESTS = 10
-MALFORMED = 2
-# The kill test: 6 clients of 60 requests, 50 ms apart, so they run for a few
-# seconds; the replica is killed once this many replies have come back.
+# The kill test: this many clients, each on a connection of its own, so nginx
+# (least_conn) gives every replica some of them.
 KILL_CLIENTS = 6
-KILL_REQUESTS = 60
-KILL_AFTER_REPLIES = 60
 
 
-ENGINE_PROBLEM = engine_problem()
-
-pytestmark = [
-    pytest.mark.docker,
-    pytest.mark.skipif(ENGINE_PROBLEM is not None, reason=f"{ENGINE_PROBLEM}; {SETUP_HINT}"),
-]
+pytestmark = needs_compose()
 
 
 @pytest.fixture(scope="module")
@@ -88,28 +84,6 @@ def project() -> Iterator[Project]:
 
 # --- reading the clients' output ----------------------------------------------------
 
-_CLIENT_LINE = re.compile(r"(client[_-]\d+)\s+\| (Sending request: \d+|Received response: .*)$")
-
-
-def seed_lines(requests: int) -> list[str]:
-    """What one client prints: each request, then its reply; request 2 is malformed."""
-    lines = []
-    for number in range(requests):
-        status = protocol.INVALID_MESSAGE if number == MALFORMED else protocol.SERVER_RESPONSE
-        lines += [f"Sending request: {number}", f"Received response: {status.decode()}"]
-    return lines
-
-
-def lines_per_client(output: str) -> dict[str, list[str]]:
-    """The request and reply lines of each ``client_N  | ...`` prefix, in order."""
-    found: dict[str, list[str]] = defaultdict(list)
-    for line in output.splitlines():
-        match = _CLIENT_LINE.match(line)
-        if match:
-            # docker-compose 1.29 names it client_1, `docker compose` v2 client-1.
-            found[match.group(1).replace("-", "_")].append(match.group(2))
-    return dict(found)
-
 
 def assert_every_request_answered(output: str, clients: int, requests: int) -> None:
     found = lines_per_client(output)
@@ -125,10 +99,8 @@ class ClientsRun:
     exit_code: int
 
 
-async def run_clients(
-    project: Project, *args: str, replies_seen: tuple[int, asyncio.Event] | None = None
-) -> ClientsRun:
-    """``run_clients.py ARGS --json``; sets the event once that many replies were printed."""
+async def run_clients(project: Project, *args: str) -> ClientsRun:
+    """``run_clients.py ARGS --json``, bounded."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         str(RUN_CLIENTS),
@@ -141,18 +113,11 @@ async def run_clients(
         cwd=PROJECT_DIR,
     )
     lines: list[str] = []
-    replies = 0
 
     async def read() -> None:
-        nonlocal replies
         if process.stdout is None:  # pragma: no cover - always piped
             return
-        async for raw in process.stdout:
-            lines.append(raw.decode(errors="replace").rstrip("\n"))
-            if "| Received response: " in lines[-1]:
-                replies += 1
-                if replies_seen is not None and replies >= replies_seen[0]:
-                    replies_seen[1].set()
+        lines.extend([raw.decode(errors="replace").rstrip("\n") async for raw in process.stdout])
 
     try:
         async with asyncio.timeout(CLIENTS_TIMEOUT_S):
@@ -206,50 +171,35 @@ async def test_clients_in_containers(project: Project) -> None:
     assert set(result.summary["replicas"]) <= project.replica_names()
 
 
-async def test_killed_replica_loses_no_request(project: Project) -> None:
-    victim = project.containers("server")[0]
-    progress = asyncio.Event()
-    clients = asyncio.create_task(
-        run_clients(
-            project,
-            *("--clients", str(KILL_CLIENTS), "--requests", str(KILL_REQUESTS)),
-            *("--interval-ms", "50", "--timeout-ms", "1000", "--retries", "5"),
-            *("--connect", project.endpoint),
-            replies_seen=(KILL_AFTER_REPLIES, progress),
+async def test_killed_replica_loses_no_request(
+    project: Project, context: zmq.asyncio.Context
+) -> None:
+    loads = [Load(f"load-{i}", timeout_ms=1000, tries=5) for i in range(KILL_CLIENTS)]
+    async with asyncio.timeout(CLIENTS_TIMEOUT_S), loads_running(context, project.endpoint, loads):
+        killed = await kill_the_replica_of_the_first_load(
+            loads, lambda victim: docker_async("kill", victim)
         )
+    print(
+        f"killed {killed.victim} (docker kill took {killed.kill_s:.2f} s): every client answered "
+        f"again within {killed.recovered_s:.1f} s "
+        f"({sum(load.retried for load in loads)} requests resent)"
     )
-    waiter = asyncio.create_task(progress.wait())
-    try:
-        await asyncio.wait(
-            {clients, waiter}, timeout=ANSWER_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
-        )
-        assert progress.is_set(), "the clients finished (or stalled) before the kill"
-        await asyncio.to_thread(docker, "kill", victim)
-        assert not clients.done(), "the clients finished before the kill took effect"
-        result = await clients
-    finally:
-        waiter.cancel()
-        if not clients.done():
-            clients.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await clients
-    assert_all_answered(result, KILL_CLIENTS, KILL_REQUESTS, project)
-    replicas = result.summary["replicas"]
+    assert_no_request_lost(loads, killed)
     # The victim held connections of this run when it died; the others took over.
-    assert victim[:12] in replicas, replicas
-    assert len(replicas) == 3, replicas
+    replicas = {replica for load in loads for replica in load.replies}
+    assert replicas == project.replica_names(), replicas
+    (victim,) = [c for c in project.containers("server") if c.startswith(killed.victim)]
     state = docker("inspect", "-f", "{{.State.Running}}", victim).strip()
     assert state == "false"
 
 
-async def test_scaled_up_replica_gets_connections_after_nginx_reload(project: Project) -> None:
+async def test_scaled_up_replica_gets_connections_without_a_reload(project: Project) -> None:
     before = project.replica_names()
     # Starts the killed replica again, adds a 4th; nginx is left as it is.
     project.compose("up", "-d", "--no-recreate", "--scale", "server=4", "server")
     await asyncio.to_thread(wait_healthy, project, 4)
     (added,) = project.replica_names() - before
-    # nginx resolves `server` when it (re)loads its configuration.
-    project.compose("kill", "-s", "HUP", "nginx")
+    # nginx asks Docker's DNS for `server` again every 2 s (`resolve`).
     await wait_for_replica(project.endpoint, added)
     result = await run_clients(
         project,

@@ -1,13 +1,15 @@
 """Hostile input against a real server process: it never falls over and never goes silent.
 
-Bursts of random multipart messages (0 to 10 frames, empty to beyond the size
+A sender that floods the server without reading replies is pushed back by
+ZeroMQ's high-water marks while the server's memory stays bounded. Bursts of
+random multipart messages (0 to 10 frames, empty to beyond the size
 limit) from REQ and DEALER sockets, raw non-ZMTP bytes and half-open TCP
 connections. Every reply is checked against what the pure protocol says it
 must be, so a wrong, missing or extra reply fails the test. After each burst
 the server answers a valid request, is alive, and its RSS is printed; after
 the last one it must not have grown past the warm-up bursts' by over 10%.
 
-    .venv/bin/pytest -s tests/test_hostile_input.py   # shows the RSS figures
+    .venv/bin/pytest -s tests/integration/test_hostile_input.py   # shows the RSS figures
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import asyncio
 import contextlib
 import os
 import random
+import signal
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -25,10 +29,10 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-import protocol
-from bench.soak import open_fds, rss_kib
-from client import Client, ClientConfig
-from local_stack import LocalStack
+from reqrep import protocol
+from reqrep.client import Client
+from reqrep.config import ClientConfig
+from reqrep.stack import LocalStack, open_fds, rss_kib
 
 LIMIT_BYTES = 64 * 1024
 REPLICA = b"replica-1"
@@ -305,3 +309,55 @@ async def test_oversized_frames_are_refused_while_other_clients_are_served(
             )
         assert results[:8] == [25] * 8
         assert stack.replicas[0].process.returncode is None
+
+
+async def test_flood_is_pushed_back_to_the_sender_and_server_memory_stays_bounded(
+    context: zmq.asyncio.Context, sync_context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """A sender that never waits for replies is stopped by the high-water marks, not the server.
+
+    The server reads no more than --max-inflight requests at a time; the rest
+    wait in ZeroMQ's queues (bounded by the HWMs) and then in TCP, until the
+    sender's own send would block. Meanwhile another client is still served.
+    """
+    payload = b"x" * 16 * 1024
+    server_args = ["--work-ms", "200", "--max-inflight", "4", "--grace-s", "1"]
+    async with LocalStack(1, nginx=False, server_args=server_args) as stack:
+        (endpoint,) = stack.endpoints
+        pid = stack.replicas[0].process.pid
+        before_kib = rss_kib(pid)
+        flood = sync_context.socket(zmq.DEALER)
+        try:
+            flood.linger = 0
+            flood.connect(endpoint)
+            sent, pushed_back = 0, False
+            deadline = time.monotonic() + 30
+            # Cap at 20000 x 16 KiB = 320 MiB offered; the HWMs stop it long before.
+            while sent < 20_000 and time.monotonic() < deadline:
+                try:
+                    flood.send_multipart([b"", b"flood", payload], zmq.NOBLOCK)
+                except zmq.Again:
+                    # Full. Still full after the I/O thread had 100 ms to move data: pushed back.
+                    if not flood.poll(100, zmq.POLLOUT):
+                        pushed_back = True
+                        break
+                    continue
+                sent += 1
+            flooded_kib = rss_kib(pid)
+            config = ClientConfig(endpoints=(endpoint,), timeout_ms=10_000, tries=1)
+            async with Client(config, context) as other, asyncio.timeout(TIMEOUT_S):
+                reply = await other.request(protocol.encode_request("other", b"me too"))
+            after_kib = rss_kib(pid)
+        finally:
+            flood.close(linger=0)
+        assert await stack.stop_replica(stack.replicas[0], signal.SIGTERM) == 0
+    grown_mib = (max(flooded_kib, after_kib) - before_kib) / 1024
+    print(
+        f"\nflood: the sender was pushed back after {sent} x 16 KiB "
+        f"({sent * len(payload) / 2**20:.0f} MiB); server RSS {before_kib} -> {flooded_kib} -> "
+        f"{after_kib} KiB (+{grown_mib:.1f} MiB); another client was answered meanwhile"
+    )
+    assert pushed_back, f"{sent} messages sent and the sender was never pushed back"
+    assert reply.ok
+    # ZeroMQ's receive queue (RCVHWM 1000 messages of 16 KiB) plus slack, not the whole flood.
+    assert grown_mib < 1000 * len(payload) / 2**20 * 2

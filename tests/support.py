@@ -1,0 +1,645 @@
+"""What the tests share: helpers, never fixtures (those are in conftest.py) and never tests.
+
+- servers in the test's own event loop (``RunningServer``, ``terminate``);
+- running the project's scripts (``run_script``) and reading their output
+  (``seed_lines``, ``lines_per_client``);
+- nginx configs: their statements (``nginx_statements``), ``nginx -t`` in the
+  nginx image (``nginx_t_in_image``);
+- clients that keep sending while a replica is killed (``Load``, ``loads_running``,
+  ``kill_the_replica_of_the_first_load``, ``assert_no_request_lost``);
+- a compose project for a whole test module (``compose_project``), and clients
+  measured request by request under a fault (``MeasuredClients``: answered,
+  retried, longest stall, p99);
+- a real Docker engine (compose and swarm): every command runs from the project
+  directory and is bounded in time, a failing command fails the test with its
+  stderr; a ``Project`` is one compose project with a name and a published port
+  of its own, so tests never touch another project on the same engine.
+
+No test module imports another; what two of them need lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from reqrep import protocol
+from reqrep.client import Client
+from reqrep.config import ClientConfig, default
+from reqrep.report import percentile
+from reqrep.runner import compose_command
+from reqrep.server import Server
+from reqrep.stack import free_port, nginx_binary
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+# --- servers in the test's own event loop ----------------------------------------
+
+LOOPBACK = "tcp://127.0.0.1:*"
+TERM_TIMEOUT_S = 5.0
+STOP_TIMEOUT_S = 10.0
+
+
+def terminate(context: zmq.Context[Any]) -> None:
+    """Terminate a context; fail the test if a socket left open blocks it."""
+    thread = threading.Thread(target=context.term, daemon=True)
+    thread.start()
+    thread.join(TERM_TIMEOUT_S)
+    if thread.is_alive():
+        pytest.fail("the ZeroMQ context could not terminate: a socket was left open")
+
+
+class RunningServer:
+    """A Server serving in a task of the test's event loop."""
+
+    def __init__(self, server: Server, task: asyncio.Task[None], stop: asyncio.Event) -> None:
+        self.server = server
+        self.task = task
+        self.stop_event = stop
+
+    @property
+    def endpoint(self) -> str:
+        return self.server.endpoints[0]
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        await asyncio.wait_for(asyncio.shield(self.task), STOP_TIMEOUT_S)
+
+
+needs_nginx = pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed")
+
+
+# --- the project's scripts and what they print ------------------------------------
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A finished run of one of the project's scripts."""
+
+    status: int
+    stdout: str
+    stderr: str
+
+
+async def run_script(script: str, *args: str, timeout_s: float) -> Finished:
+    """Run ``python3 <project>/<script> ARGS`` to completion, bounded by ``timeout_s``."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(PROJECT_DIR / script),
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout_s)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    if process.returncode is None:  # pragma: no cover - waited for above
+        raise RuntimeError(f"{script} did not exit")
+    return Finished(process.returncode, stdout.decode(), stderr.decode())
+
+
+# The demo client's defaults (client.py, the compose `client` service): 10
+# requests, the third one (number 2) sent without its address.
+SEED_REQUESTS = 10
+MALFORMED = 2
+
+_CLIENT_LINE = re.compile(r"(client[_-]\d+)\s+\| (Sending request: \d+|Received response: .*)$")
+
+
+def seed_lines(requests: int) -> list[str]:
+    """What one client prints: each request, then its reply; request 2 is malformed."""
+    lines = []
+    for number in range(requests):
+        status = protocol.INVALID_MESSAGE if number == MALFORMED else protocol.SERVER_RESPONSE
+        lines += [f"Sending request: {number}", f"Received response: {status.decode()}"]
+    return lines
+
+
+def lines_per_client(output: str) -> dict[str, list[str]]:
+    """The request and reply lines of each ``client_N  | ...`` prefix, in order."""
+    found: dict[str, list[str]] = defaultdict(list)
+    for line in output.splitlines():
+        match = _CLIENT_LINE.match(line)
+        if match:
+            # docker-compose 1.29 names it client_1, `docker compose` v2 client-1.
+            found[match.group(1).replace("-", "_")].append(match.group(2))
+    return dict(found)
+
+
+# --- nginx configs -----------------------------------------------------------------
+
+
+def nginx_statements(text: str) -> list[str]:
+    """An nginx config's statements in order, comments dropped, whitespace normalised.
+
+    ``upstream x {`` opens a block and ``}`` closes it. For the project's own
+    per-target files, which quote nothing.
+    """
+    code = re.sub(r"#[^\n]*", "", text)
+    return [" ".join(s.split()) for s in re.findall(r"[^;{}]*[;{}]", code) if s.strip()]
+
+
+def nginx_image() -> str:
+    """The nginx image every target runs: the one Dockerfile_nginx is built FROM."""
+    for line in (PROJECT_DIR / "Dockerfile_nginx").read_text().splitlines():
+        if line.startswith("FROM "):
+            return line.split()[1]
+    raise AssertionError("Dockerfile_nginx has no FROM line")
+
+
+def nginx_t_in_image(
+    files: dict[str, str], conf_dir: str, *options: str, args: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``nginx -t`` in the nginx image, on ``files`` (name: text) mounted in ``conf_dir``.
+
+    The config is ``conf_dir/nginx.conf`` unless ``args`` (nginx's own) say
+    otherwise; ``options`` are more ``docker run`` options (a user, a host
+    name for a resolver). No network: a `resolve` name need not resolve here.
+    """
+    with tempfile.TemporaryDirectory(prefix="nginx-t-") as workdir:
+        mounts: list[str] = []
+        for name, text in files.items():
+            path = Path(workdir) / name
+            path.write_text(text)
+            path.chmod(0o644)
+            mounts += ["-v", f"{path}:{conf_dir}/{name}:ro"]
+        run = ["docker", "run", "--rm", "--network", "none", *options, *mounts, nginx_image()]
+        return subprocess.run(
+            [*run, "nginx", "-t", *(args or ["-c", f"{conf_dir}/nginx.conf"])],
+            capture_output=True,
+            text=True,
+            timeout=DOCKER_TIMEOUT_S,
+            check=False,
+        )
+
+
+# --- a real Docker engine: compose and swarm ---------------------------------------
+
+SETUP_HINT = "as root, `bash ../shared/docker-offline/setup.sh .` installs and starts one"
+
+DOCKER_TIMEOUT_S = 60.0
+HEALTHY_TIMEOUT_S = 60.0
+ANSWER_TIMEOUT_S = 30.0
+POLL_INTERVAL_S = 0.5
+
+
+@functools.cache
+def engine_problem(compose: bool = True) -> str | None:
+    """Why there is no Docker engine (and, if asked, compose) to test with, or None.
+
+    Asked once per test run, however many modules need to know.
+    """
+    checks = [(["docker", "info", "--format", "{{.ServerVersion}}"], "no Docker engine answers")]
+    if compose:
+        checks.append(([*compose_command(), "version"], "no docker-compose (nor `docker compose`)"))
+    for command, problem in checks:
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+        except FileNotFoundError:
+            return f"{problem}: `{command[0]}` is not installed"
+        except subprocess.TimeoutExpired:
+            return f"{problem}: `{' '.join(command)}` took over 30 s"
+        if done.returncode != 0:
+            return f"{problem}: {done.stderr.strip()[:200]}"
+    return None
+
+
+def needs_compose() -> list[pytest.MarkDecorator]:
+    """A compose test module's marks: ``docker``, and skipped (with how to get one) without
+    an engine and compose."""
+    problem = engine_problem()
+    return [
+        pytest.mark.docker,
+        pytest.mark.skipif(problem is not None, reason=f"{problem}; {SETUP_HINT}"),
+    ]
+
+
+def run(
+    command: Sequence[str],
+    timeout_s: float,
+    env: dict[str, str] | None = None,
+    cwd: Path = PROJECT_DIR,
+) -> str:
+    """Run a command (from the project directory by default); its stdout, or a test failure
+    with its output."""
+    try:
+        done = subprocess.run(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            env=env,
+            cwd=cwd,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`{' '.join(command)}` in {cwd} took over {timeout_s} s")
+    if done.returncode != 0:
+        output = f"{done.stdout.strip()}\n{done.stderr.strip()}".strip()
+        pytest.fail(f"`{' '.join(command)}` in {cwd} failed ({done.returncode}): {output}")
+    return done.stdout
+
+
+def docker(
+    *args: str, timeout_s: float = DOCKER_TIMEOUT_S, env: dict[str, str] | None = None
+) -> str:
+    """A docker command (``env``: variables added to this process's); its stdout."""
+    return run(["docker", *args], timeout_s, None if env is None else {**os.environ, **env})
+
+
+def docker_unchecked(*args: str) -> subprocess.CompletedProcess[str]:
+    """A docker command whose failure the caller looks at (or ignores, when cleaning up)."""
+    return subprocess.run(
+        ["docker", *args],
+        capture_output=True,
+        text=True,
+        timeout=DOCKER_TIMEOUT_S,
+        check=False,
+        cwd=PROJECT_DIR,
+    )
+
+
+@dataclass(frozen=True)
+class Project:
+    """A test's compose project: its own name and published port.
+
+    ``files`` are the compose files (``COMPOSE_FILE``; default docker-compose.yml),
+    ``settings`` more variables for compose to substitute.
+    """
+
+    name: str
+    port: int
+    files: tuple[str, ...] = ()
+    settings: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+        if self.files:
+            env["COMPOSE_FILE"] = os.pathsep.join(self.files)
+        return {
+            **env,
+            **self.settings,
+            "COMPOSE_PROJECT_NAME": self.name,
+            "NGINX_PORT": str(self.port),
+            "NGINX_HOST_IP": "127.0.0.1",
+        }
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def compose(self, *args: str, timeout_s: float = DOCKER_TIMEOUT_S) -> str:
+        return run([*compose_command(), *args], timeout_s, self.env)
+
+    def compose_unchecked(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """A compose command whose failure is not the test's (diagnostics, clean-up)."""
+        return subprocess.run(
+            [*compose_command(), *args],
+            capture_output=True,
+            text=True,
+            timeout=DOCKER_TIMEOUT_S,
+            check=False,
+            env=self.env,
+            cwd=PROJECT_DIR,
+        )
+
+    def down(self) -> None:
+        """Remove everything of the project, also the images it built (tagged with its name)."""
+        self.compose_unchecked("down", "-v", "--rmi", "local", "--remove-orphans", "-t", "10")
+
+    def containers(self, service: str) -> list[str]:
+        """Full ids of the service's containers, running or not, not `run` ones.
+
+        By label, which docker-compose 1.29 and `docker compose` v2 both set
+        (their `ps` commands differ in what they list).
+        """
+        labels = {"project": self.name, "service": service, "oneoff": "False"}
+        filters = [f"--filter=label=com.docker.compose.{k}={v}" for k, v in labels.items()]
+        return docker("ps", "-aq", "--no-trunc", *filters).split()
+
+    def replica_names(self) -> set[str]:
+        """What the servers put in their replies: the hostname, the id's first 12 digits."""
+        return {container[:12] for container in self.containers("server")}
+
+    def diagnostics(self) -> str:
+        """The containers' states and the last lines of their logs, for a failure message."""
+        parts = []
+        for args in (("ps",), ("logs", "--no-color", "--tail", "15", "server", "nginx")):
+            done = self.compose_unchecked(*args)
+            parts.append(done.stdout + done.stderr)
+        return "\n".join(parts)
+
+    def leftovers(self) -> dict[str, list[str]]:
+        label = f"label=com.docker.compose.project={self.name}"
+        found = {
+            "containers": docker("ps", "-aq", "--filter", label).split(),
+            "networks": docker("network", "ls", "-q", "--filter", label).split(),
+        }
+        return {kind: ids for kind, ids in found.items() if ids}
+
+
+def wait_healthy(project: Project, count: int) -> None:
+    """Until ``count`` server containers report healthy; bounded."""
+    deadline = time.monotonic() + HEALTHY_TIMEOUT_S
+    while True:
+        ids = project.containers("server")
+        states = docker("inspect", "-f", "{{.State.Health.Status}}", *ids).split() if ids else []
+        if states.count("healthy") >= count:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"servers not healthy after {HEALTHY_TIMEOUT_S} s: {states}\n"
+                f"{project.diagnostics()}"
+            )
+        time.sleep(POLL_INTERVAL_S)  # polling the engine's health state: no event to await
+
+
+async def probe(context: zmq.asyncio.Context, endpoint: str, **settings: Any) -> str:
+    """One request on a new connection; the replica that answered.
+
+    ``settings`` override the ClientConfig (a longer timeout, CURVE keys).
+    """
+    config = ClientConfig(endpoints=(endpoint,), timeout_ms=1000, tries=1, heartbeat_ms=0)
+    async with Client(replace(config, **settings), context) as client:
+        reply = await client.request(protocol.encode_request("probe", b"which replica?"), "probe")
+    assert reply.ok, reply
+    return reply.replica
+
+
+async def wait_for_replica(endpoint: str, replica: str | None = None, **settings: Any) -> None:
+    """Until a new connection is answered (by ``replica``, if given); bounded."""
+    context = zmq.asyncio.Context()
+    try:
+        async with asyncio.timeout(ANSWER_TIMEOUT_S):
+            while True:
+                try:
+                    answered = await probe(context, endpoint, **settings)
+                except protocol.RequestTimeout:
+                    continue
+                if replica is None or answered == replica:
+                    return
+    finally:
+        context.destroy(linger=0)
+
+
+async def docker_async(*args: str, timeout_s: float = DOCKER_TIMEOUT_S) -> str:
+    """``docker(...)`` without blocking the event loop (clients keep running)."""
+    return await asyncio.wait_for(asyncio.to_thread(docker, *args, timeout_s=timeout_s), timeout_s)
+
+
+# --- clients that keep sending while a replica is killed ----------------------------
+
+
+@dataclass
+class Load:
+    """One client sending requests on its own connection until told to stop.
+
+    Lazy Pirate: an unanswered request is resent on a new connection, which
+    nginx gives to a live replica; a request still unanswered after ``tries``
+    fails the load. ``replies`` holds the replica of each reply, in order.
+    """
+
+    name: str
+    timeout_ms: int
+    tries: int
+    replies: list[str] = field(default_factory=list)
+    sent: int = 0
+    retried: int = 0
+    finished: bool = False
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    sending: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(
+        self, context: zmq.asyncio.Context, endpoint: str, stop: asyncio.Event, max_requests: int
+    ) -> None:
+        config = ClientConfig(endpoints=(endpoint,), timeout_ms=self.timeout_ms, tries=self.tries)
+        try:
+            async with Client(config, context) as client:
+                while not stop.is_set() and self.sent < max_requests:
+                    frames = protocol.encode_request(self.name, f"request {self.sent}".encode())
+                    self.sent += 1
+                    self.sending.set()
+                    reply = await client.request(frames, str(self.sent))
+                    assert reply.status == protocol.SERVER_RESPONSE_TEXT, reply
+                    self.replies.append(reply.replica)
+                    self.retried += client.last_tries > 1
+                    self.progress.set()
+                    await asyncio.sleep(0.005)
+        finally:
+            self.finished = True
+            self.progress.set()
+
+    async def answered_at_least(self, count: int) -> None:
+        """Return once ``count`` requests are answered; fail if the client stopped first."""
+        while len(self.replies) < count:
+            if self.finished:
+                pytest.fail(f"{self.name} stopped after {len(self.replies)} of {count} replies")
+            self.progress.clear()
+            await self.progress.wait()
+
+
+@contextlib.asynccontextmanager
+async def loads_running(
+    context: zmq.asyncio.Context, endpoint: str, loads: Sequence[Load], max_requests: int = 20_000
+) -> AsyncIterator[None]:
+    """The loads send for as long as the block runs; leaving it stops them, and raises what
+    any of them failed with (a request that was never answered)."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(load.run(context, endpoint, stop, max_requests)) for load in loads]
+    try:
+        yield
+        stop.set()
+        await asyncio.gather(*tasks)
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass(frozen=True)
+class Killed:
+    """A replica killed under load: its name as the replies give it, and the timings."""
+
+    victim: str
+    # When the kill was sent (time.monotonic()), and how many replies each load had then.
+    at: float
+    answered_at_kill: list[int]
+    # How long ``docker kill`` (or the like) took, and the replies each load had after it.
+    kill_s: float
+    answered_after_kill: list[int]
+    # Until every load, the first one included, was answered again (3 more replies).
+    recovered_s: float
+
+
+async def kill_the_replica_of_the_first_load(
+    loads: Sequence[Load], kill: Callable[[str], Awaitable[object]]
+) -> Killed:
+    """Kill the replica on ``loads[0]``'s connection just as ``loads[0]`` sends it a request.
+
+    Waits until every load has 2 replies first, and afterwards until every load
+    has 3 more than when the kill returned: the first one's from other replicas,
+    after Lazy Pirate resent what the dead one never answered (if it held a
+    request when it died; a replica without work may still answer a few while
+    the kill is on its way).
+    """
+    await asyncio.gather(*(load.answered_at_least(2) for load in loads))
+    loads[0].sending.clear()
+    await loads[0].sending.wait()
+    victim = loads[0].replies[-1]
+    answered_at_kill = [len(load.replies) for load in loads]
+    killed = time.monotonic()
+    await kill(victim)
+    kill_s = time.monotonic() - killed
+    answered_after_kill = [len(load.replies) for load in loads]
+    await asyncio.gather(
+        *(load.answered_at_least(n + 3) for load, n in zip(loads, answered_after_kill, strict=True))
+    )
+    return Killed(
+        victim, killed, answered_at_kill, kill_s, answered_after_kill, time.monotonic() - killed
+    )
+
+
+def assert_no_request_lost(loads: Sequence[Load], killed: Killed) -> None:
+    """Every request sent was answered; once the kill was done, none by the victim.
+
+    (Apart from the first reply after it: the victim may have sent it just before it died.)
+    """
+    for load in loads:
+        assert len(load.replies) == load.sent, load.name
+    after_kill = loads[0].replies[killed.answered_after_kill[0] + 1 :]
+    assert after_kill
+    assert killed.victim not in after_kill, loads[0].replies
+
+
+# --- a compose project per module, and clients measured under a fault -------------
+
+UP_TIMEOUT_S = 240.0
+
+
+@contextlib.contextmanager
+def compose_project(prefix: str, replicas: int = 3) -> Iterator[Project]:
+    """A compose project of its own, built and up: ``replicas`` healthy servers, nginx answering.
+
+    Always removed afterwards (``down -v --rmi local``), also when starting failed.
+    """
+    project = Project(f"{prefix}{os.getpid()}", free_port())
+    try:
+        # `up` waits for the servers' health checks before it starts nginx.
+        project.compose("up", "-d", "--build", timeout_s=UP_TIMEOUT_S)
+        wait_healthy(project, replicas)
+        try:
+            asyncio.run(wait_for_replica(project.endpoint))
+        except TimeoutError:
+            pytest.fail(f"nothing answers through nginx:\n{project.diagnostics()}")
+        yield project
+    finally:
+        project.down()
+
+
+@dataclass
+class MeasuredClients:
+    """REQ clients in this event loop, each on its own connection, measured request by request.
+
+    Each sends ``requests`` requests one at a time, ``interval_s`` apart, with
+    Lazy Pirate retries (``timeout_ms``, ``tries``: the command line's defaults
+    unless given). A request's latency runs from its first send to its reply,
+    retries included, so the longest one is the longest stall a client saw. A
+    request unanswered after the last try is recorded in ``lost`` and ends that
+    client.
+    """
+
+    endpoint: str
+    clients: int
+    requests: int
+    interval_s: float = 0.0
+    timeout_ms: int = default(ClientConfig, "timeout_ms")
+    tries: int = default(ClientConfig, "tries")
+    sent: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    retried: int = 0
+    replicas: Counter[str] = field(default_factory=Counter)
+    lost: list[str] = field(default_factory=list)
+    finished: bool = False
+    _progress: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def answered(self) -> int:
+        return len(self.latencies_ms)
+
+    @property
+    def longest_stall_ms(self) -> float:
+        return max(self.latencies_ms, default=0.0)
+
+    @property
+    def p99_ms(self) -> float:
+        return percentile(self.latencies_ms, 0.99)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.answered} of {self.sent} requests answered ({self.clients} clients), "
+            f"{self.retried} after a retry, {len(self.lost)} lost; longest stall "
+            f"{self.longest_stall_ms:.0f} ms, p99 {self.p99_ms:.1f} ms"
+        )
+
+    async def run(self) -> None:
+        context = zmq.asyncio.Context()
+        try:
+            await asyncio.gather(*(self._client(context, i) for i in range(self.clients)))
+        finally:
+            self.finished = True
+            self._progress.set()
+            context.destroy(linger=0)
+
+    async def _client(self, context: zmq.asyncio.Context, number: int) -> None:
+        config = ClientConfig(
+            endpoints=(self.endpoint,), timeout_ms=self.timeout_ms, tries=self.tries
+        )
+        async with Client(config, context) as client:
+            for request in range(self.requests):
+                frames = protocol.encode_request(f"load-{number}", f"request {request}".encode())
+                self.sent += 1
+                started = time.perf_counter()
+                try:
+                    reply = await client.request(frames, f"{number}/{request}")
+                except protocol.RequestTimeout as lost:
+                    self.lost.append(str(lost))
+                    return
+                self.latencies_ms.append((time.perf_counter() - started) * 1000)
+                self.retried += client.last_tries > 1
+                self.replicas[reply.replica] += 1
+                self._progress.set()
+                if self.interval_s > 0:
+                    await asyncio.sleep(self.interval_s)  # the clients' pace
+
+    async def answered_at_least(self, count: int) -> None:
+        """Return once ``count`` requests are answered; fail if the clients stopped first."""
+        while self.answered < count:
+            if self.finished:
+                pytest.fail(f"the clients stopped after {self.answered} of {count} replies")
+            self._progress.clear()
+            await self._progress.wait()
