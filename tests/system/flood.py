@@ -60,6 +60,7 @@ class Flood:
         now = time.monotonic()
         while self.reopen and self.reopen[0][0] <= now:
             self.open(self.reopen.pop(0)[1])
+        newly_through = False
         for key, _ in self.selector.select(timeout=0.05):
             sock, data = key.fileobj, key.data
             assert isinstance(sock, socket.socket)
@@ -68,6 +69,7 @@ class Flood:
             except OSError:
                 chunk = b""
             if chunk:
+                newly_through |= data[1] == 0
                 self.counts.let_through += data[1] == 0
                 data[1] += len(chunk)
                 continue
@@ -78,6 +80,10 @@ class Flood:
             else:
                 self.counts.closed_after += 1
             self.reopen.append((now + REOPEN_S, data[0]))
+        if newly_through:  # the most open at once can only grow when one gets through
+            self.count_open_through()
+
+    def count_open_through(self) -> None:
         through = sum(
             1 for key in self.selector.get_map().values() if key.data[1] > 0 and is_open(key)
         )
