@@ -163,7 +163,7 @@ async def run(
     try:
         async with Client(config, context) as client:
             await run_requests(client, address, plan, progress)
-    except (protocol.ProtocolError, keys.CurveKeyError) as failure:
+    except (protocol.ReqRepError, keys.CurveKeyError) as failure:
         error = str(failure)
         print(f"error: {error}", flush=True, file=sys.stderr)
     finally:
@@ -180,7 +180,7 @@ async def ping(config: ClientConfig) -> int:
     try:
         async with Client(config, context) as client:
             reply = await client.ping()
-    except (protocol.ProtocolError, keys.CurveKeyError) as failure:
+    except (protocol.ReqRepError, keys.CurveKeyError) as failure:
         print(f"error: {failure}", flush=True, file=sys.stderr)
         return 1
     finally:

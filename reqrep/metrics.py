@@ -7,7 +7,7 @@ metric means, and PromQL for the usual questions: docs/metrics.md.
 
     reqrep_requests_total{status}            requests answered, by the reply's status:
                                              "Server response" or "Invalid message"
-    reqrep_invalid_requests_total{reason}    invalid requests by reason class (REASON_CLASSES)
+    reqrep_invalid_requests_total{reason}    invalid requests by fault kind (protocol.FAULT_KINDS)
     reqrep_request_handling_seconds          histogram: from the request's frames in hand to
                                              its reply ready to send (with --work-ms, the work
                                              included); ZeroMQ's queues and the wire are not
@@ -26,7 +26,7 @@ How it stays off the hot path (counting must cost at most 5% of req/s):
   (prometheus_client's Collector API) when a scraper asks.
 - The status counts cost nothing per request: the server already counts the
   requests it answers (``Server.requests_served``); invalid requests, rare and
-  logged anyway, are counted by reason class, and "Server response" is the
+  logged anyway, are counted by fault kind, and "Server response" is the
   difference.
 - Handling time is the one per-request cost, and only with metrics on: two
   ``time.perf_counter_ns`` calls, a ``bisect`` into the bucket bounds and two
@@ -86,32 +86,6 @@ LISTEN_ADDRESS: Final = "0.0.0.0"
 SNAPSHOT_TIMEOUT_S: Final = 2.0
 
 
-# Reason classes: the only label values of reqrep_invalid_requests_total.
-# protocol.request_error's reasons are free text (sizes, counts); these are not.
-TOO_LARGE: Final = "too_large"
-EMPTY_MESSAGE: Final = "empty_message"
-MISSING_ADDRESS: Final = "missing_address"
-FRAME_COUNT: Final = "frame_count"
-EMPTY_ADDRESS: Final = "empty_address"
-ADDRESS_TOO_LONG: Final = "address_too_long"
-ADDRESS_NOT_UTF8: Final = "address_not_utf8"
-INTERNAL_ERROR: Final = "internal_error"
-OTHER: Final = "other"  # a reason this table does not know yet (a test keeps it at 0)
-INTERNAL_ERROR_REASON: Final = "internal server error"  # what Server.answer replies then
-
-# First match wins: (prefix of protocol.request_error's reason, class).
-_REASON_PREFIXES: Final = (
-    ("message of ", TOO_LARGE),
-    ("empty message", EMPTY_MESSAGE),
-    ("missing address", MISSING_ADDRESS),
-    ("wrong number of frames", FRAME_COUNT),
-    ("empty address", EMPTY_ADDRESS),
-    ("address of ", ADDRESS_TOO_LONG),
-    ("address is not valid UTF-8", ADDRESS_NOT_UTF8),
-    (INTERNAL_ERROR_REASON, INTERNAL_ERROR),
-)
-REASON_CLASSES: Final = (*(cls for _, cls in _REASON_PREFIXES), OTHER)
-
 # Handling-time buckets, seconds: an inline answer takes microseconds, one
 # with --work-ms tens of milliseconds.
 BUCKETS_S: Final = (
@@ -143,14 +117,6 @@ class MetricsError(RuntimeError):
     """The metrics endpoint could not be started (e.g. its port is taken)."""
 
 
-def reason_class(reason: str) -> str:
-    """The fixed label value for an invalid request's free-text reason."""
-    for prefix, cls in _REASON_PREFIXES:
-        if reason.startswith(prefix):
-            return cls
-    return OTHER
-
-
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """The figures of one scrape, read together on the event loop's thread."""
@@ -178,7 +144,7 @@ class ServerMetrics:
 
     def __init__(self, served: Callable[[], int], replica: str) -> None:
         self._served = served
-        self._invalid = dict.fromkeys(REASON_CLASSES, 0)
+        self._invalid = dict.fromkeys(protocol.FAULT_KINDS, 0)  # the only label values
         self._bounds_ns = tuple(round(bound * 1e9) for bound in BUCKETS_S)
         # One slot per bucket (the last one +Inf), then the sum of nanoseconds.
         self._handled = [0] * (len(self._bounds_ns) + 2)
@@ -206,9 +172,9 @@ class ServerMetrics:
 
     # -- counting (the event loop's thread) ----------------------------------
 
-    def count_invalid(self, reason: str) -> None:
-        """One invalid request, by the class of its reason."""
-        self._invalid[reason_class(reason)] += 1
+    def count_invalid(self, kind: str) -> None:
+        """One invalid request, by its fault kind (one of protocol.FAULT_KINDS)."""
+        self._invalid[kind] += 1
 
     def timed(self, answer: Answer) -> Answer:
         """``answer``, timing each call into the handling-time histogram."""
@@ -378,7 +344,7 @@ class _Collector:
         yield requests
         reasons = CounterMetricFamily(
             f"{NAMESPACE}_invalid_requests",
-            "Invalid requests, by reason class",
+            "Invalid requests, by fault kind",
             labels=["reason"],
         )
         for cls, count in snap.invalid.items():

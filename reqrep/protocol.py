@@ -42,16 +42,65 @@ DEFAULT_MAX_MESSAGE_BYTES: Final = 1024 * 1024
 MAX_ROUTING_FRAMES: Final = 8
 
 
-class ProtocolError(Exception):
-    """Base class for everything this service raises about messages."""
+# Why a request got ``Invalid message``, as a fixed set of kinds (metrics label
+# by kind; the reply carries the reason's text, which has sizes and counts in it).
+TOO_LARGE: Final = "too_large"
+EMPTY_MESSAGE: Final = "empty_message"
+MISSING_ADDRESS: Final = "missing_address"
+FRAME_COUNT: Final = "frame_count"
+EMPTY_ADDRESS: Final = "empty_address"
+ADDRESS_TOO_LONG: Final = "address_too_long"
+ADDRESS_NOT_UTF8: Final = "address_not_utf8"
+INTERNAL_ERROR: Final = "internal_error"  # the server failed while answering (a bug)
+FAULT_KINDS: Final = (
+    TOO_LARGE,
+    EMPTY_MESSAGE,
+    MISSING_ADDRESS,
+    FRAME_COUNT,
+    EMPTY_ADDRESS,
+    ADDRESS_TOO_LONG,
+    ADDRESS_NOT_UTF8,
+    INTERNAL_ERROR,
+)
+
+
+class ReqRepError(Exception):
+    """Base class for everything this package raises about requests and replies."""
+
+
+class ProtocolError(ReqRepError):
+    """A message that breaks the wire format."""
+
+
+class RequestTimeout(ReqRepError):
+    """No reply after the client's last try: the server may be gone; not a protocol error."""
+
+    def __init__(self, endpoints: Sequence[str], label: str, tries: int) -> None:
+        where = ", ".join(endpoints)
+        super().__init__(f"server at {where} did not answer request {label} after {tries} tries")
+        self.endpoints = tuple(endpoints)
+        self.label = label
+        self.tries = tries
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """Why a request is malformed: ``kind`` one of FAULT_KINDS, ``reason`` the reply's text."""
+
+    kind: str
+    reason: str
+
+
+INTERNAL_ERROR_FAULT: Final = Fault(INTERNAL_ERROR, "internal server error")
 
 
 class MalformedRequest(ProtocolError):
-    """A request that breaks the envelope rules; ``reason`` says which."""
+    """A request that breaks the envelope rules; ``fault`` says which."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, fault: Fault) -> None:
+        super().__init__(fault.reason)
+        self.fault = fault
+        self.reason = fault.reason
 
 
 class MalformedReply(ProtocolError):
@@ -60,17 +109,6 @@ class MalformedReply(ProtocolError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class RequestTimeout(ProtocolError):
-    """No reply after the client's last try."""
-
-    def __init__(self, endpoints: Sequence[str], label: str, tries: int) -> None:
-        where = ", ".join(endpoints)
-        super().__init__(f"server at {where} did not answer request {label} after {tries} tries")
-        self.endpoints = tuple(endpoints)
-        self.label = label
-        self.tries = tries
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,28 +142,34 @@ def encode_request_without_address(data: bytes) -> list[bytes]:
     return [data]
 
 
-def request_error(
+def request_fault(
     frames: Sequence[bytes], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-) -> str | None:
+) -> Fault | None:
     """Why a request's frames are malformed, or None if they are a request."""
     size = message_size(frames)
     if size > max_message_bytes:
-        return f"message of {size} bytes exceeds the {max_message_bytes}-byte limit"
+        return Fault(
+            TOO_LARGE, f"message of {size} bytes exceeds the {max_message_bytes}-byte limit"
+        )
     if len(frames) == 0:
-        return "empty message"
+        return Fault(EMPTY_MESSAGE, "empty message")
     if len(frames) == 1:
-        return "missing address: 1 frame, expected address and data"
+        return Fault(MISSING_ADDRESS, "missing address: 1 frame, expected address and data")
     if len(frames) != REQUEST_FRAMES:
-        return f"wrong number of frames: {len(frames)}, expected 2 (address, data)"
+        return Fault(
+            FRAME_COUNT, f"wrong number of frames: {len(frames)}, expected 2 (address, data)"
+        )
     raw_address = frames[0]
     if not raw_address:
-        return "empty address"
+        return Fault(EMPTY_ADDRESS, "empty address")
     if len(raw_address) > MAX_ADDRESS_BYTES:
-        return f"address of {len(raw_address)} bytes exceeds {MAX_ADDRESS_BYTES}"
+        return Fault(
+            ADDRESS_TOO_LONG, f"address of {len(raw_address)} bytes exceeds {MAX_ADDRESS_BYTES}"
+        )
     try:
         bytes(raw_address).decode("utf-8")
     except UnicodeDecodeError:
-        return "address is not valid UTF-8"
+        return Fault(ADDRESS_NOT_UTF8, "address is not valid UTF-8")
     return None
 
 
@@ -133,9 +177,9 @@ def parse_request(
     frames: Sequence[bytes], max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> Request:
     """Validate a request's frames; raise ``MalformedRequest`` with a reason."""
-    reason = request_error(frames, max_message_bytes)
-    if reason is not None:
-        raise MalformedRequest(reason)
+    fault = request_fault(frames, max_message_bytes)
+    if fault is not None:
+        raise MalformedRequest(fault)
     return Request(address=bytes(frames[0]).decode("utf-8"), data=bytes(frames[1]))
 
 
@@ -178,9 +222,9 @@ def split_envelope(frames: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
 
 def respond(
     frames: Sequence[bytes], replica: bytes, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-) -> tuple[list[bytes], str | None]:
-    """The reply to a request's frames, and the reason if it was malformed."""
-    reason = request_error(frames, max_message_bytes)
-    if reason is not None:
-        return invalid_reply(replica, reason), reason
+) -> tuple[list[bytes], Fault | None]:
+    """The reply to a request's frames, and its fault if it was malformed."""
+    fault = request_fault(frames, max_message_bytes)
+    if fault is not None:
+        return invalid_reply(replica, fault.reason), fault
     return ok_reply(replica), None

@@ -31,7 +31,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from reqrep import keys, protocol
 from reqrep.config import ServerConfig, heartbeat_options
 from reqrep.frames import recv_wait, send_now
-from reqrep.metrics import INTERNAL_ERROR_REASON, ServerMetrics
+from reqrep.metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -242,18 +242,18 @@ class Answerer:
         if self._debug:
             logger.debug("Request received from peer %s", _peer_label(peer))
         try:
-            reply, reason = protocol.respond(request, self._name, self._max_message_bytes)
+            reply, fault = protocol.respond(request, self._name, self._max_message_bytes)
         except Exception:
             logger.error("Failed to handle a request from %s", _peer_label(peer), exc_info=True)
-            if self.metrics is not None:
-                self.metrics.count_invalid(INTERNAL_ERROR_REASON)
-            return protocol.invalid_reply(self._name, "internal server error"), False
-        if reason is not None:
-            logger.error("Invalid message from peer %s: %s", _peer_label(peer), reason)
-            if self.metrics is not None:
-                self.metrics.count_invalid(reason)
-            return reply, False
-        return reply, True
+            fault = protocol.INTERNAL_ERROR_FAULT
+            reply = protocol.invalid_reply(self._name, fault.reason)
+        else:
+            if fault is None:
+                return reply, True
+            logger.error("Invalid message from peer %s: %s", _peer_label(peer), fault.reason)
+        if self.metrics is not None:
+            self.metrics.count_invalid(fault.kind)
+        return reply, False
 
     def answer_routed(self, frames: list[bytes]) -> list[bytes]:
         """A ROUTER message in, the routed reply out (envelope echoed in front)."""

@@ -126,7 +126,7 @@ async def test_a_scrape_counts_what_a_client_sent(
     assert found.requests(INVALID_MESSAGE) == 2
     assert found.get("reqrep_invalid_requests_total", reason="missing_address") == 1
     assert found.get("reqrep_invalid_requests_total", reason="empty_address") == 1
-    assert found.get("reqrep_invalid_requests_total", reason="other") == 0
+    assert found.get("reqrep_invalid_requests_total", reason="too_large") == 0
     assert found.handled == 9
     assert found.get("reqrep_request_handling_seconds_bucket", le="+Inf") == 9
     assert 0 < found.get("reqrep_request_handling_seconds_sum") < 1

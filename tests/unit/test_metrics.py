@@ -1,4 +1,4 @@
-"""reqrep.metrics without a network: counters move as Server.answer answers, reasons are bucketed.
+"""reqrep.metrics without a network: counters move as Server.answer answers, by fault kind.
 
 The server is constructed (no socket is opened) with a metrics port, so its
 metrics exist; the figures are read from its registry, as a scrape would.
@@ -10,12 +10,10 @@ import time
 
 import pytest
 import zmq.asyncio
-from hypothesis import given
-from hypothesis import strategies as st
 
 import reqrep
 import server as server_script
-from reqrep import metrics, protocol
+from reqrep import protocol
 from reqrep.config import ServerConfig
 from reqrep.server import Server
 
@@ -44,51 +42,16 @@ def invalid(server: Server, reason: str) -> float:
     return value(server, "reqrep_invalid_requests_total", reason=reason)
 
 
-# --- reasons bucketed into the fixed label set --------------------------------------
-
-# One request per reason protocol.request_error gives, and the class it is counted under.
+# One request per fault kind protocol.request_fault gives (INTERNAL_ERROR: below).
 REASON_EXAMPLES = [
-    ([b"a" * (LIMIT + 1), b""], metrics.TOO_LARGE),
-    ([], metrics.EMPTY_MESSAGE),
-    ([b"data only"], metrics.MISSING_ADDRESS),
-    ([b"alice", b"x", b"y"], metrics.FRAME_COUNT),
-    ([b"", b"data"], metrics.EMPTY_ADDRESS),
-    ([b"a" * (protocol.MAX_ADDRESS_BYTES + 1), b""], metrics.ADDRESS_TOO_LONG),
-    ([b"\xff\xfe", b"data"], metrics.ADDRESS_NOT_UTF8),
+    ([b"a" * (LIMIT + 1), b""], protocol.TOO_LARGE),
+    ([], protocol.EMPTY_MESSAGE),
+    ([b"data only"], protocol.MISSING_ADDRESS),
+    ([b"alice", b"x", b"y"], protocol.FRAME_COUNT),
+    ([b"", b"data"], protocol.EMPTY_ADDRESS),
+    ([b"a" * (protocol.MAX_ADDRESS_BYTES + 1), b""], protocol.ADDRESS_TOO_LONG),
+    ([b"\xff\xfe", b"data"], protocol.ADDRESS_NOT_UTF8),
 ]
-
-
-@pytest.mark.parametrize(("frames", "expected"), REASON_EXAMPLES)
-def test_each_protocol_reason_has_its_class(frames: list[bytes], expected: str) -> None:
-    reason = protocol.request_error(frames, LIMIT)
-    assert reason is not None
-    assert metrics.reason_class(reason) == expected
-
-
-def test_the_examples_cover_every_class_but_internal_error_and_other() -> None:
-    covered = {expected for _, expected in REASON_EXAMPLES}
-    assert covered | {metrics.INTERNAL_ERROR, metrics.OTHER} == set(metrics.REASON_CLASSES)
-
-
-def test_the_internal_error_reason_is_internal_error() -> None:
-    assert metrics.reason_class(metrics.INTERNAL_ERROR_REASON) == metrics.INTERNAL_ERROR
-
-
-def test_an_unknown_reason_is_other_never_its_text() -> None:
-    assert metrics.reason_class("peer 00ab12 sent something new") == metrics.OTHER
-
-
-@given(
-    st.lists(st.binary(max_size=300), max_size=5),
-    st.integers(min_value=1, max_value=2000),
-)
-def test_every_reason_request_error_returns_maps_to_a_known_class(
-    frames: list[bytes], limit: int
-) -> None:
-    reason = protocol.request_error(frames, limit)
-    if reason is not None:
-        assert metrics.reason_class(reason) in metrics.REASON_CLASSES
-        assert metrics.reason_class(reason) != metrics.OTHER, reason
 
 
 # --- counters move as Server.answer answers --------------------------------------------
@@ -97,7 +60,7 @@ def test_every_reason_request_error_returns_maps_to_a_known_class(
 def test_every_series_exists_at_zero_before_any_request(server: Server) -> None:
     assert requests(server, SERVER_RESPONSE) == 0
     assert requests(server, INVALID_MESSAGE) == 0
-    for cls in metrics.REASON_CLASSES:
+    for cls in protocol.FAULT_KINDS:
         assert invalid(server, cls) == 0
     assert value(server, "reqrep_request_handling_seconds_count") == 0
     assert value(server, "reqrep_requests_in_flight") == 0
@@ -110,7 +73,7 @@ def test_answered_requests_are_counted_by_status(server: Server) -> None:
     server.answer(protocol.encode_request_without_address(b"x"), "-")
     assert requests(server, SERVER_RESPONSE) == 5
     assert requests(server, INVALID_MESSAGE) == 1
-    assert invalid(server, metrics.MISSING_ADDRESS) == 1
+    assert invalid(server, protocol.MISSING_ADDRESS) == 1
 
 
 @pytest.mark.parametrize(("frames", "expected"), REASON_EXAMPLES)
@@ -121,7 +84,7 @@ def test_invalid_requests_are_counted_by_reason_class(
     assert not valid
     assert reply[0] == protocol.INVALID_MESSAGE
     assert invalid(server, expected) == 1
-    assert sum(invalid(server, cls) for cls in metrics.REASON_CLASSES) == 1
+    assert sum(invalid(server, cls) for cls in protocol.FAULT_KINDS) == 1
     assert requests(server, INVALID_MESSAGE) == 1
     assert requests(server, SERVER_RESPONSE) == 0
 
@@ -136,7 +99,7 @@ def test_a_failure_inside_the_server_counts_as_internal_error(
     reply, valid = server.answer(protocol.encode_request("alice", b"x"), "-")
     assert not valid
     assert reply[0] == protocol.INVALID_MESSAGE
-    assert invalid(server, metrics.INTERNAL_ERROR) == 1
+    assert invalid(server, protocol.INTERNAL_ERROR) == 1
     assert requests(server, INVALID_MESSAGE) == 1
 
 
@@ -151,7 +114,7 @@ def test_no_label_value_is_free_text_or_a_peer_id(server: Server) -> None:
             for label, text in sample.labels.items():
                 assert label in {"status", "reason", "le"}, sample
                 if label == "reason":
-                    assert text in metrics.REASON_CLASSES
+                    assert text in protocol.FAULT_KINDS
                 if label == "status":
                     assert text in {SERVER_RESPONSE, INVALID_MESSAGE}
 

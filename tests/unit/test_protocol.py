@@ -18,24 +18,33 @@ def test_request_with_empty_data_parses() -> None:
     assert protocol.parse_request([b"a", b""]) == Request("a", b"")
 
 
-@pytest.mark.parametrize(
-    ("frames", "reason"),
-    [
-        ([], "empty message"),
-        ([b"data only"], "missing address"),
-        (protocol.encode_request_without_address(b"x"), "missing address"),
-        ([b"", b"data"], "empty address"),
-        ([b"a", b"b", b"c"], "wrong number of frames: 3"),
-        ([b"\xff\xfe", b"data"], "not valid UTF-8"),
-        ([b"a" * 257, b"data"], "exceeds 256"),
-        ([b"a", b"x" * 2000], "exceeds the 1024-byte limit"),
-    ],
-)
-def test_malformed_requests_carry_a_reason(frames: list[bytes], reason: str) -> None:
+MALFORMED = [
+    ([], protocol.EMPTY_MESSAGE, "empty message"),
+    ([b"data only"], protocol.MISSING_ADDRESS, "missing address"),
+    (protocol.encode_request_without_address(b"x"), protocol.MISSING_ADDRESS, "missing address"),
+    ([b"", b"data"], protocol.EMPTY_ADDRESS, "empty address"),
+    ([b"a", b"b", b"c"], protocol.FRAME_COUNT, "wrong number of frames: 3"),
+    ([b"\xff\xfe", b"data"], protocol.ADDRESS_NOT_UTF8, "not valid UTF-8"),
+    ([b"a" * 257, b"data"], protocol.ADDRESS_TOO_LONG, "exceeds 256"),
+    ([b"a", b"x" * 2000], protocol.TOO_LARGE, "exceeds the 1024-byte limit"),
+]
+
+
+@pytest.mark.parametrize(("frames", "kind", "reason"), MALFORMED)
+def test_malformed_requests_carry_their_kind_and_a_reason(
+    frames: list[bytes], kind: str, reason: str
+) -> None:
     with pytest.raises(MalformedRequest) as raised:
         protocol.parse_request(frames, max_message_bytes=1024)
+    assert raised.value.fault.kind == kind
     assert reason in raised.value.reason
     assert reason in str(raised.value)
+
+
+def test_the_cases_cover_every_fault_kind_but_the_servers_own_failure() -> None:
+    covered = {kind for _, kind, _ in MALFORMED}
+    assert covered | {protocol.INTERNAL_ERROR} == set(protocol.FAULT_KINDS)
+    assert protocol.INTERNAL_ERROR_FAULT.kind == protocol.INTERNAL_ERROR
 
 
 def test_size_limit_counts_every_frame() -> None:
@@ -45,13 +54,14 @@ def test_size_limit_counts_every_frame() -> None:
 
 
 def test_respond_gives_server_response_or_invalid_message_with_reason() -> None:
-    reply, reason = protocol.respond([b"a", b"data"], b"replica-1")
+    reply, fault = protocol.respond([b"a", b"data"], b"replica-1")
     assert reply == [b"Server response", b"replica-1", b""]
-    assert reason is None
-    reply, reason = protocol.respond([b"data"], b"replica-1")
+    assert fault is None
+    reply, fault = protocol.respond([b"data"], b"replica-1")
     assert reply[:2] == [b"Invalid message", b"replica-1"]
-    assert reason is not None
-    assert reply[2].decode() == reason
+    assert fault is not None
+    assert fault.kind == protocol.MISSING_ADDRESS
+    assert reply[2].decode() == fault.reason
 
 
 def test_ok_and_invalid_replies_parse_back_to_what_was_built() -> None:
@@ -95,3 +105,12 @@ def test_split_envelope_separates_routing_ids_and_delimiter_from_request(
 def test_request_timeout_message_names_server_request_and_tries() -> None:
     error = protocol.RequestTimeout(["tcp://localhost:5555"], "3", 4)
     assert str(error) == "server at tcp://localhost:5555 did not answer request 3 after 4 tries"
+
+
+def test_a_timeout_is_not_a_protocol_error_but_both_are_reqrep_errors() -> None:
+    timeout = protocol.RequestTimeout(["tcp://localhost:5555"], "3", 4)
+    assert not isinstance(timeout, protocol.ProtocolError)
+    assert isinstance(timeout, protocol.ReqRepError)
+    for malformed in (MalformedReply("x"), MalformedRequest(protocol.INTERNAL_ERROR_FAULT)):
+        assert isinstance(malformed, protocol.ProtocolError)
+        assert isinstance(malformed, protocol.ReqRepError)

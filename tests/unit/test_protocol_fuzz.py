@@ -61,15 +61,20 @@ def test_parse_request_returns_a_request_or_raises_malformed(
 def test_respond_always_gives_a_parseable_reply_that_agrees_with_the_parser(
     message: list[bytes], max_message_bytes: int
 ) -> None:
-    reply_frames, reason = protocol.respond(message, b"replica-1", max_message_bytes)
+    reply_frames, fault = protocol.respond(message, b"replica-1", max_message_bytes)
     reply = protocol.parse_reply(reply_frames)
     assert reply.replica == "replica-1"
     parsed = _parse_request(message, max_message_bytes)
     if isinstance(parsed, MalformedRequest):
-        assert (reply.status, reply.detail, reason) == ("Invalid message", parsed.reason, reason)
+        assert (reply.status, reply.detail, fault) == (
+            "Invalid message",
+            parsed.reason,
+            parsed.fault,
+        )
+        assert parsed.fault.kind in protocol.FAULT_KINDS
     else:
         assert reply.ok
-        assert reason is None
+        assert fault is None
 
 
 @FUZZ
