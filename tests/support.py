@@ -539,21 +539,37 @@ def assert_no_request_lost(loads: Sequence[Load], killed: Killed) -> None:
 # --- a compose project per module, and clients measured under a fault -------------
 
 UP_TIMEOUT_S = 240.0
+COMPOSE_REPLICAS = 3  # docker-compose.yml's deploy.replicas
 
 
 @contextlib.contextmanager
-def compose_project(prefix: str, replicas: int = 3) -> Iterator[Project]:
-    """A compose project of its own, built and up: ``replicas`` healthy servers, nginx answering.
+def compose_project(
+    prefix: str,
+    *,
+    files: tuple[str, ...] = (),
+    settings: dict[str, str] | None = None,
+    services: Sequence[str] = (),
+    scale: int | None = None,
+    up_timeout_s: float = UP_TIMEOUT_S,
+    **client_settings: Any,
+) -> Iterator[Project]:
+    """A compose project of its own, built and up, answering through nginx.
 
-    Always removed afterwards (``down -v --rmi local``), also when starting failed.
+    ``files`` and ``settings`` as in ``Project``; ``services`` starts only those
+    (default all); ``scale`` runs that many servers instead of the compose
+    file's. Ready once they are healthy and a new connection through nginx is
+    answered by a client with ``client_settings`` (ClientConfig fields, e.g.
+    CURVE keys). Always removed afterwards (``down -v --rmi local``), also when
+    starting failed.
     """
-    project = Project(f"{prefix}{os.getpid()}", free_port())
+    project = Project(f"{prefix}{os.getpid()}", free_port(), files, settings or {})
+    scaled = () if scale is None else ("--scale", f"server={scale}")
     try:
         # `up` waits for the servers' health checks before it starts nginx.
-        project.compose("up", "-d", "--build", timeout_s=UP_TIMEOUT_S)
-        wait_healthy(project, replicas)
+        project.compose("up", "-d", "--build", *scaled, *services, timeout_s=up_timeout_s)
+        wait_healthy(project, COMPOSE_REPLICAS if scale is None else scale)
         try:
-            asyncio.run(wait_for_replica(project.endpoint))
+            asyncio.run(wait_for_replica(project.endpoint, **client_settings))
         except TimeoutError:
             pytest.fail(f"nothing answers through nginx:\n{project.diagnostics()}")
         yield project

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -33,13 +32,13 @@ from typing import Any
 import pytest
 import zmq.asyncio
 
-from reqrep.stack import free_port
 from tests.support import (
     PROJECT_DIR,
     SEED_REQUESTS,
     Load,
     Project,
     assert_no_request_lost,
+    compose_project,
     docker,
     docker_async,
     kill_the_replica_of_the_first_load,
@@ -53,9 +52,7 @@ from tests.support import (
 
 RUN_CLIENTS = PROJECT_DIR / "run_clients.py"
 
-# Bounds on every wait. Building from cold (pip installs pyzmq) takes seconds;
-# the bound stays under pytest's 300 s per test.
-UP_TIMEOUT_S = 240.0
+# Bounds on every wait (building from cold is support.UP_TIMEOUT_S).
 ANSWER_TIMEOUT_S = 30.0
 CLIENTS_TIMEOUT_S = 120.0
 STOP_LIMIT_S = 5.0
@@ -70,16 +67,9 @@ pytestmark = needs_compose()
 
 @pytest.fixture(scope="module")
 def project() -> Iterator[Project]:
-    started = Project(f"zmqe2e{os.getpid()}", free_port())
-    try:
-        # `up` waits for the servers' health checks before it starts nginx.
-        started.compose("up", "-d", "--build", timeout_s=UP_TIMEOUT_S)
-        wait_healthy(started, 3)
-        asyncio.run(wait_for_replica(started.endpoint))
+    # Removed afterwards with the images it built (tagged with its name): runs leave none behind.
+    with compose_project("zmqe2e") as started:
         yield started
-    finally:
-        # Also the images this project built (tagged with its name), so runs leave none behind.
-        started.down()
 
 
 # --- reading the clients' output ----------------------------------------------------

@@ -19,10 +19,8 @@ reqrep_peer_connections_total less the clients: the check stays exact.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -39,11 +37,11 @@ from reqrep import protocol
 from reqrep.stack import free_port
 from tests.support import (
     PROJECT_DIR,
+    UP_TIMEOUT_S,
     Project,
+    compose_project,
     docker,
     needs_compose,
-    wait_for_replica,
-    wait_healthy,
 )
 
 SERVER_RESPONSE = protocol.SERVER_RESPONSE_TEXT
@@ -52,8 +50,7 @@ JOB = "reqrep"
 METRICS_PORT = 9100
 HEALTH_INTERVAL_S = 5.0  # Dockerfile_server's HEALTHCHECK --interval
 
-# Bounds on every wait; building from cold (pip installs pyzmq) takes a while.
-UP_TIMEOUT_S = 240.0
+# Bounds on every wait (building from cold: support.UP_TIMEOUT_S).
 PROMETHEUS_TIMEOUT_S = 60.0
 CLIENTS_TIMEOUT_S = 120.0
 POLL_S = 0.5
@@ -109,23 +106,16 @@ def wait_for(check: Callable[[], Any], what: str, timeout_s: float = PROMETHEUS_
 @pytest.fixture(scope="module")
 def monitored() -> Iterator[Monitored]:
     prometheus_port = free_port()
-    project = Project(
-        f"zmqmon{os.getpid()}",
-        free_port(),
+    with compose_project(
+        "zmqmon",
+        # COMPOSE_PROFILES is in the project's environment: `down` removes Prometheus too.
         settings={"COMPOSE_PROFILES": "monitoring", "PROMETHEUS_PORT": str(prometheus_port)},
-    )
-    started = Monitored(project, prometheus_port)
-    try:
         # Not the demo `client` service: its requests would land in the counts.
-        project.compose(
-            "up", "-d", "--build", "server", "nginx", "prometheus", timeout_s=UP_TIMEOUT_S
-        )
-        wait_healthy(project, 3)
-        asyncio.run(wait_for_replica(project.endpoint))
+        services=("server", "nginx", "prometheus"),
+    ) as project:
+        started = Monitored(project, prometheus_port)
         wait_for(lambda: started.api("/api/v1/status/buildinfo"), "Prometheus' API answering")
         yield started
-    finally:
-        project.down()  # COMPOSE_PROFILES is in its environment: Prometheus goes too
 
 
 def server_addresses(project: Project) -> set[str]:

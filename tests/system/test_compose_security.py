@@ -44,18 +44,17 @@ import zmq.asyncio
 from reqrep import keys, protocol
 from reqrep.client import Client
 from reqrep.config import ClientConfig
-from reqrep.stack import free_port
 from tests.support import (
     ANSWER_TIMEOUT_S,
     SEED_REQUESTS,
     Project,
+    compose_project,
     docker,
     docker_unchecked,
     lines_per_client,
     needs_compose,
     seed_lines,
     wait_for_replica,
-    wait_healthy,
 )
 
 pytestmark = needs_compose()
@@ -136,18 +135,15 @@ def assert_unprivileged(container: str) -> None:
 def hardened(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
     override = tmp_path_factory.mktemp("compose") / "hardened.yml"
     override.write_text(HARDENED_OVERRIDE)
-    project = Project(
-        f"zmqsec{os.getpid()}", free_port(), files=("docker-compose.yml", str(override))
-    )
-    try:
-        project.compose(
-            "up", "-d", "--build", "--scale", "server=1", "server", "nginx", timeout_s=UP_TIMEOUT_S
-        )
-        wait_healthy(project, 1)
-        asyncio.run(wait_for_replica(project.endpoint, timeout_ms=WORK_MS + 3000))
+    with compose_project(
+        "zmqsec",
+        files=("docker-compose.yml", str(override)),
+        services=("server", "nginx"),
+        scale=1,
+        up_timeout_s=UP_TIMEOUT_S,
+        timeout_ms=WORK_MS + 3000,
+    ) as project:
         yield project
-    finally:
-        project.down()
 
 
 @dataclass
@@ -299,20 +295,15 @@ def curve_keys(tmp_path_factory: pytest.TempPathFactory) -> CurveKeys:
 
 @pytest.fixture(scope="class")
 def curve(curve_keys: CurveKeys) -> Iterator[Project]:
-    project = Project(
-        f"zmqcurve{os.getpid()}",
-        free_port(),
+    # Healthy: the health check's ping, with its own key, was answered.
+    with compose_project(
+        "zmqcurve",
         files=("docker-compose.yml", "docker-compose.curve.yml"),
         settings={"CURVE_KEYS_DIR": str(curve_keys.directory)},
-    )
-    try:
-        project.compose("up", "-d", "--build", timeout_s=UP_TIMEOUT_S)
-        # Healthy: the health check's ping, with its own key, was answered.
-        wait_healthy(project, 3)
-        asyncio.run(wait_for_replica(project.endpoint, **client_keys(curve_keys, "client1")))
+        up_timeout_s=UP_TIMEOUT_S,
+        **client_keys(curve_keys, "client1"),
+    ) as project:
         yield project
-    finally:
-        project.down()
 
 
 def client_keys(curve_keys: CurveKeys, name: str | None) -> dict[str, Any]:
