@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support import run
 
 BENCH_MODULES = ("grpc", "pynng", "zerorpc", "aiozmq", "aiohttp", "matplotlib")
 MISSING = [name for name in BENCH_MODULES if importlib.util.find_spec(name) is None]
@@ -30,20 +31,15 @@ PROBE_TIMEOUT_S = 60
 def test_every_system_answers_at_1_and_2_callers_and_the_chart_is_drawn(
     tmp_path: Path,
 ) -> None:
-    from bench.peers import PROJECT_DIR, SYSTEM_KEYS
+    from bench.peers import SYSTEM_KEYS
 
     chart = tmp_path / "peers.png"
     tiny = ["--callers", "1,2", "--rounds", "1", "--duration-s", "0.2", "--warmup-s", "0.1"]
-    done = subprocess.run(
+    output = run(
         [sys.executable, "-m", "bench.peers", *tiny, "--json", "--chart", str(chart)],
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
+        RUN_TIMEOUT_S,
     )
-    assert done.returncode == 0, done.stderr
-    document = json.loads(done.stdout)
+    document = json.loads(output)
     assert document["failures"] == []
     measured = [(row["system"], row["callers"]) for row in document["rows"]]
     assert measured == [(system, callers) for system in SYSTEM_KEYS for callers in (1, 2)]
@@ -61,17 +57,12 @@ def test_every_system_answers_at_1_and_2_callers_and_the_chart_is_drawn(
     "system", ["project-client", "project-req", "grpc", "pynng", "zerorpc", "aiozmq", "aiohttp"]
 )
 def test_each_system_answers_a_request_without_address_invalid_message(system: str) -> None:
-    from bench.peers import PROJECT_DIR, running_server
+    from bench.peers import running_server
 
     with running_server(system) as (target, _pid):
-        done = subprocess.run(
+        output = run(
             [sys.executable, "-m", "bench.peer_clients", system, "--target", target, "--probe"],
-            cwd=PROJECT_DIR,
-            capture_output=True,
-            text=True,
-            timeout=PROBE_TIMEOUT_S,
-            check=False,
+            PROBE_TIMEOUT_S,
         )
-    assert done.returncode == 0, done.stderr
     # A well-formed request, one without address, one with an empty address.
-    assert json.loads(done.stdout) == ["Server response", "Invalid message", "Invalid message"]
+    assert json.loads(output) == ["Server response", "Invalid message", "Invalid message"]

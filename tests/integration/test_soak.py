@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
-from tests.support import PROJECT_DIR
+from tests.support import PROJECT_DIR, run
 
 SOAK = PROJECT_DIR / "bench" / "soak.py"
 # CI-sized by default; SOAK_TEST_DURATION_S=30 gives the CI soak.
@@ -15,7 +14,7 @@ DURATION_S = float(os.environ.get("SOAK_TEST_DURATION_S", "8"))
 
 def test_brief_soak_prints_samples_and_passes() -> None:
     warmup_s = DURATION_S / 4
-    done = subprocess.run(
+    output = run(
         [
             sys.executable,
             str(SOAK),
@@ -30,15 +29,10 @@ def test_brief_soak_prints_samples_and_passes() -> None:
             "--reconnect-every",
             "20",
         ],
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=DURATION_S + 60,
-        check=False,
+        DURATION_S + 60,
     )
-    print(done.stdout)
-    assert done.returncode == 0, done.stdout + done.stderr
-    lines = done.stdout.splitlines()
+    print(output)
+    lines = output.splitlines()
     samples = [line.split() for line in lines if line.strip()[:1].isdigit()]
     assert len(samples) >= DURATION_S  # about two a second
     assert all(int(s[1]) > 0 and int(s[2]) > 0 for s in samples)  # rss_kib, fds

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 import time
 import urllib.error
@@ -42,6 +41,7 @@ from tests.support import (
     compose_project,
     docker,
     needs_compose,
+    run,
 )
 
 SERVER_RESPONSE = protocol.SERVER_RESPONSE_TEXT
@@ -182,7 +182,7 @@ def counts_scraped_after(monitored: Monitored, after: float, replicas: int) -> C
 
 def run_clients(project: Project) -> dict[str, Any]:
     """run_clients.py through nginx; its JSON summary (reqrep.report.Summary)."""
-    done = subprocess.run(
+    output = run(
         [
             sys.executable,
             str(PROJECT_DIR / "run_clients.py"),
@@ -190,15 +190,10 @@ def run_clients(project: Project) -> dict[str, Any]:
             *("--tries", str(TRIES)),
             *("--connect", project.endpoint, "--json"),
         ],
-        capture_output=True,
-        text=True,
-        timeout=CLIENTS_TIMEOUT_S,
-        check=False,
-        env=project.env,
-        cwd=PROJECT_DIR,
+        CLIENTS_TIMEOUT_S,
+        project.env,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
-    summary: dict[str, Any] = json.loads(done.stdout)
+    summary: dict[str, Any] = json.loads(output)
     return summary
 
 

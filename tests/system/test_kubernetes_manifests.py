@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from tests.support import (
     nginx_image,
     nginx_statements,
     nginx_t_in_image,
+    run,
 )
 
 DEPLOY_DIR = PROJECT_DIR / "deploy"
@@ -98,6 +98,12 @@ def find(manifests: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any
     matches = [m for m in manifests if m["kind"] == kind and m["metadata"]["name"] == name]
     assert len(matches) == 1, f"one {kind} {name}"
     return matches[0]
+
+
+def pod_spec(manifests: list[dict[str, Any]], deployment: str) -> dict[str, Any]:
+    """The pod template's spec of the named Deployment."""
+    spec: dict[str, Any] = find(manifests, "Deployment", deployment)["spec"]["template"]["spec"]
+    return spec
 
 
 def containers(manifests: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -183,24 +189,19 @@ def test_server_service_is_headless(manifests: list[dict[str, Any]]) -> None:
 def test_server_container_runs_server_py_with_its_real_flags(
     manifests: list[dict[str, Any]],
 ) -> None:
-    container = find(manifests, "Deployment", "zmq-server")["spec"]["template"]["spec"][
-        "containers"
-    ][0]
+    container = pod_spec(manifests, "zmq-server")["containers"][0]
     assert container["command"] == ["python", "server.py"]
     # server.py's own parser accepts them (argparse exits on an unknown flag).
     args = server.parse_args(container["args"])
     assert args.bind == [f"tcp://*:{SERVER_PORT}"]
-    deployment = find(manifests, "Deployment", "zmq-server")
-    grace_period_s = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    grace_period_s = pod_spec(manifests, "zmq-server")["terminationGracePeriodSeconds"]
     assert args.grace_s < grace_period_s, "the replica drains before Kubernetes kills it"
 
 
 def test_server_probes_ping_through_the_replicas_own_socket(
     manifests: list[dict[str, Any]],
 ) -> None:
-    container = find(manifests, "Deployment", "zmq-server")["spec"]["template"]["spec"][
-        "containers"
-    ][0]
+    container = pod_spec(manifests, "zmq-server")["containers"][0]
     for probe in ("readinessProbe", "livenessProbe"):
         command = container[probe]["exec"]["command"]
         assert command == PING_COMMAND
@@ -230,7 +231,7 @@ def test_containers_run_unprivileged_with_bounded_resources(
 
 
 def test_nginx_runs_the_configmaps_config(manifests: list[dict[str, Any]]) -> None:
-    pod = find(manifests, "Deployment", "zmq-nginx")["spec"]["template"]["spec"]
+    pod = pod_spec(manifests, "zmq-nginx")
     container = pod["containers"][0]
     config_volume = next(v for v in pod["volumes"] if "configMap" in v)
     assert config_volume["configMap"]["name"] == "zmq-nginx"
@@ -276,13 +277,7 @@ def key(resource: dict[str, Any]) -> str:
 
 @pytest.mark.skipif(kubectl() is None, reason="kubectl (with its kustomize) is not installed")
 def test_kubectl_kustomize_builds_what_this_reader_reads(manifests: list[dict[str, Any]]) -> None:
-    built = subprocess.run(
-        [kubectl() or "kubectl", "kustomize", str(DEPLOY_DIR)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    built = run([kubectl() or "kubectl", "kustomize", str(DEPLOY_DIR)], 60)
     resources = [doc for doc in yaml.safe_load_all(built) if doc]
     (configmap,) = [r for r in resources if r["kind"] == "ConfigMap"]
     hashed = configmap["metadata"]["name"]
@@ -304,7 +299,7 @@ ENGINE_PROBLEM = engine_problem(compose=False)
 def test_configmap_config_passes_nginx_t_in_the_nginx_image_as_the_pod_runs_it(
     manifests: list[dict[str, Any]],
 ) -> None:
-    pod = find(manifests, "Deployment", "zmq-nginx")["spec"]["template"]["spec"]
+    pod = pod_spec(manifests, "zmq-nginx")
     container = pod["containers"][0]
     assert container["image"] == nginx_image(), "the image compose and Swarm run"
     mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
