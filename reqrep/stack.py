@@ -35,6 +35,7 @@ UPSTREAM_SERVER_PARAMETERS = "max_fails=2 fail_timeout=3s"
 # (200 in deploy/nginx/zmq-limits.conf) would cap all clients together; the
 # local stack allows as many as its tests and benchmarks open.
 LOCAL_CONN_LIMIT = 2000
+DEBIAN_NGINX = Path("/usr/sbin/nginx")  # not on a non-root user's PATH
 DEBIAN_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
@@ -61,14 +62,17 @@ class StackError(RuntimeError):
 class Replica:
     name: str
     process: asyncio.subprocess.Process
-    endpoint: str = ""
+    endpoint: str
     log: list[str] = field(default_factory=list)
     reader: asyncio.Task[None] | None = None
     _new_line: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
-    async def spawn(cls, name: str, command: Sequence[str], env: dict[str, str]) -> Replica:
-        """Start a server process whose log (stderr) is kept, line by line, in ``log``."""
+    async def spawn(
+        cls, name: str, endpoint: str, command: Sequence[str], env: dict[str, str]
+    ) -> Replica:
+        """Start a server process (bound to ``endpoint``) whose log (stderr) is kept, line by
+        line, in ``log``."""
         process = await asyncio.create_subprocess_exec(
             *command,
             stdin=asyncio.subprocess.DEVNULL,
@@ -76,8 +80,7 @@ class Replica:
             stderr=asyncio.subprocess.PIPE,
             env=env,
         )
-        bind = command[command.index("--bind") + 1]
-        replica = cls(name, process, bind)
+        replica = cls(name, process, endpoint)
         replica.reader = asyncio.create_task(replica._read_log())
         return replica
 
@@ -119,9 +122,8 @@ def free_port() -> int:
 
 
 def nginx_binary() -> str | None:
-    return shutil.which("nginx") or next(
-        (str(p) for p in (Path("/usr/sbin/nginx"),) if p.exists()), None
-    )
+    """nginx on PATH, else Debian's; None if neither is installed."""
+    return shutil.which("nginx") or (str(DEBIAN_NGINX) if DEBIAN_NGINX.exists() else None)
 
 
 def local_nginx_conf(
@@ -177,11 +179,8 @@ def local_nginx_limits(conn_limit: int) -> str:
     return f"limit_conn zmq_per_address {conn_limit};\n"
 
 
-def _stream_module() -> Path | None:
+def _stream_module(binary: str) -> Path | None:
     """Debian builds the stream module as a loadable module; official nginx has it built in."""
-    binary = nginx_binary()
-    if binary is None:
-        return None
     version = subprocess.run([binary, "-V"], capture_output=True, text=True, check=False).stderr
     if "--with-stream=dynamic" in version and DEBIAN_STREAM_MODULE.exists():
         return DEBIAN_STREAM_MODULE
@@ -252,14 +251,13 @@ class LocalStack:
         if self.use_nginx:
             await self.start_nginx()
 
-    def server_command(self, name: str, port: int) -> list[str]:
-        """The command line of one server replica on a loopback port."""
-        bind = f"tcp://127.0.0.1:{port}"
+    def server_command(self, name: str, endpoint: str) -> list[str]:
+        """The command line of one server replica bound to ``endpoint``."""
         return [
             sys.executable,
             str(SERVER_SCRIPT),
             "--bind",
-            bind,
+            endpoint,
             "--name",
             name,
             *self.server_args,
@@ -268,15 +266,16 @@ class LocalStack:
     async def start_replica(self, name: str, port: int | None = None) -> Replica:
         """Start one server process on ``port`` (a free one by default); wait until it accepts."""
         port = free_port() if port is None else port
+        endpoint = f"tcp://127.0.0.1:{port}"
         env = {**(os.environ if self.env is None else self.env), "PYTHONUNBUFFERED": "1"}
-        replica = await Replica.spawn(name, self.server_command(name, port), env)
+        replica = await Replica.spawn(name, endpoint, self.server_command(name, endpoint), env)
         self.replicas.append(replica)
         await replica.wait_serving(port)
         return replica
 
     async def start_nginx(self) -> None:
         """Start nginx in front of the replicas, with the project's shared proxy settings."""
-        upstreams = [r.endpoint.removeprefix("tcp://") for r in self.replicas if r.endpoint]
+        upstreams = [r.endpoint.removeprefix("tcp://") for r in self.replicas]
         self.nginx = LocalNginx(upstreams, self.nginx_overrides, self.conn_limit)
         await self.nginx.start()
 
@@ -311,8 +310,10 @@ class LocalNginx:
     def __init__(
         self, upstreams: Sequence[str], overrides: dict[str, str], conn_limit: int
     ) -> None:
-        if nginx_binary() is None:
+        binary = nginx_binary()
+        if binary is None:
             raise StackError("nginx is not installed")
+        self._binary = binary
         self.port = free_port()
         self.process: asyncio.subprocess.Process | None = None
         self._workdir = tempfile.TemporaryDirectory(prefix="zmq-nginx-")
@@ -320,7 +321,7 @@ class LocalNginx:
         # zmq-limits.conf is included by the shared settings, from this directory.
         (workdir / "zmq-limits.conf").write_text(local_nginx_limits(conn_limit))
         conf = local_nginx_conf(
-            self.port, upstreams, load_module=_stream_module(), overrides=overrides
+            self.port, upstreams, load_module=_stream_module(binary), overrides=overrides
         )
         (workdir / "nginx.conf").write_text(conf)
 
@@ -328,7 +329,7 @@ class LocalNginx:
         """Start nginx; return once it accepts connections."""
         prefix = Path(self._workdir.name)
         self.process = await asyncio.create_subprocess_exec(
-            *(str(nginx_binary()), "-p", str(prefix), "-c", str(prefix / "nginx.conf")),
+            *(self._binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf")),
             *("-e", "stderr", "-g", "daemon off;"),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
