@@ -98,7 +98,7 @@ def run_load(
             [b"", *protocol.encode_request(f"bench-client-{i}", b"x" * payload_bytes)]
             for i in range(clients)
         ]
-        return _drive(poller, sockets, requests, (duration_s, warmup_s), expect, watch_pids)
+        return _drive(poller, sockets, requests, duration_s, warmup_s, expect, watch_pids)
     finally:
         for sock in sockets:
             sock.close(linger=0)
@@ -109,11 +109,11 @@ def _drive(
     poller: zmq.Poller,
     sockets: list[zmq.Socket[bytes]],
     requests: list[list[bytes]],
-    window_s: tuple[float, float],
+    duration_s: float,
+    warmup_s: float,
     expect: str,
     watch_pids: Sequence[int],
 ) -> LoadResult:
-    duration_s, warmup_s = window_s
     clock = time.perf_counter_ns
     index = {sock: i for i, sock in enumerate(sockets)}
     started = clock()
@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.connect,
         args.clients,
         args.duration_s,
-        max(0.0, args.warmup_s),
+        args.warmup_s,
         args.expect,
         args.payload_bytes,
         args.watch_pid,

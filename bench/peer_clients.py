@@ -38,7 +38,9 @@ from typing import Any, Final
 
 from bench.machine import process_cpu_s
 from bench.peer_servers import GRPC_METHOD, decode_fields, encode_fields
+from reqrep import cli, protocol
 from reqrep.protocol import SERVER_RESPONSE
+from reqrep.report import percentile
 
 ASYNC_SYSTEMS: Final = (
     "project-client",
@@ -75,24 +77,11 @@ class LoadResult:
     load_cpu_percent: float
 
 
-def server_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid``, all its threads (``/proc/PID/stat``)."""
-    return process_cpu_s([pid])
-
-
-def percentile(ordered: Sequence[float], fraction: float) -> float:
-    """Nearest-rank percentile of sorted values; 0 for none."""
-    if not ordered:
-        return 0.0
-    rank = max(1, math.ceil(fraction * len(ordered)))
-    return ordered[rank - 1]
-
-
 class Recorder:
-    """The measured window: what arrived in it, and both processes' CPU at its two ends."""
+    """The measured window: what arrived in it, and both sides' CPU at its two ends."""
 
-    def __init__(self, server_pid: int | None) -> None:
-        self.server_pid = server_pid
+    def __init__(self, server_pids: Sequence[int]) -> None:
+        self.server_pids = server_pids
         self.start = self.end = math.inf
         self.stopped = False
         self.latencies: list[float] = []
@@ -102,8 +91,7 @@ class Recorder:
         self._cpu_used = (0.0, 0.0)
 
     def _cpu_now(self) -> tuple[float, float]:
-        server = server_cpu_s(self.server_pid) if self.server_pid else 0.0
-        return time.process_time(), server
+        return time.process_time(), process_cpu_s(self.server_pids)
 
     def open(self) -> None:
         self._cpu = self._cpu_now()
@@ -130,7 +118,7 @@ class Recorder:
     def result(self, system: str, callers: int) -> LoadResult:
         duration = self.end - self.start if math.isfinite(self.end - self.start) else 0.0
         replies = len(self.latencies)
-        ordered = sorted(self.latencies)
+        ordered = sorted(self.latencies)  # percentile sorts again: linear on sorted values
         load_cpu, server_cpu = self._cpu_used
         per_reply = 1e6 / replies if replies else 0.0
         share = 100 / duration if duration > 0 else 0.0
@@ -153,12 +141,12 @@ class Recorder:
 
 def requests_for(callers: int) -> list[list[bytes]]:
     """Each caller's request fields: its own address and a small payload."""
-    return [[f"bench-caller-{i}".encode(), PAYLOAD] for i in range(callers)]
+    return [protocol.encode_request(f"bench-caller-{i}", PAYLOAD) for i in range(callers)]
 
 
 def _status(fields: Sequence[Any] | None) -> bytes:
     """A reply's status field, or b"" if it is not a three-field reply."""
-    if fields is None or len(fields) != 3 or not isinstance(fields[0], bytes):
+    if fields is None or len(fields) != protocol.REPLY_FRAMES or not isinstance(fields[0], bytes):
         return b""
     return fields[0]
 
@@ -208,8 +196,8 @@ async def bare_req(target: str, requests: Requests, echo: bool) -> AsyncIterator
         async def call() -> bytes:
             await sock.send_multipart(frames)
             reply = await sock.recv_multipart()
-            if echo:  # the echo's "status" is the address it sent back
-                return reply[0] if reply == frames else b""
+            if echo:  # the echo's reply is correct when it is the request itself
+                return SERVER_RESPONSE if reply == frames else b""
             return _status(reply)
 
         return call
@@ -325,24 +313,19 @@ def _callers(
     raise ValueError(f"not an asyncio system: {system!r}")
 
 
-def _expected(system: str, fields: list[bytes]) -> bytes:
-    """The status a correct reply to ``fields`` has (the echo sends the address back)."""
-    return fields[0] if system == "ceiling" else SERVER_RESPONSE
-
-
 async def drive_async(
     system: str,
     target: str,
     callers: int,
     duration_s: float,
     warmup_s: float,
-    server_pid: int | None,
+    server_pids: Sequence[int],
 ) -> LoadResult:
-    recorder = Recorder(server_pid)
+    recorder = Recorder(server_pids)
     clock = time.perf_counter
     requests = requests_for(callers)
 
-    async def loop(call: Call, expected: bytes) -> None:
+    async def loop(call: Call) -> None:
         while not recorder.stopped:
             sent = clock()
             try:
@@ -350,13 +333,10 @@ async def drive_async(
             except Exception as error:
                 recorder.error(f"{type(error).__name__}: {error}")
                 return
-            recorder.record(sent, clock(), status == expected)
+            recorder.record(sent, clock(), status == SERVER_RESPONSE)
 
     async with _callers(system, target, requests) as calls:
-        tasks = [
-            asyncio.create_task(loop(call, _expected(system, fields)))
-            for call, fields in zip(calls, requests, strict=True)
-        ]
+        tasks = [asyncio.create_task(loop(call)) for call in calls]
         await asyncio.sleep(warmup_s)
         recorder.open()
         await asyncio.sleep(duration_s)
@@ -379,12 +359,12 @@ async def probe_async(system: str, target: str, requests: Requests) -> list[str]
 
 
 def drive_zerorpc(
-    target: str, callers: int, duration_s: float, warmup_s: float, server_pid: int | None
+    target: str, callers: int, duration_s: float, warmup_s: float, server_pids: Sequence[int]
 ) -> LoadResult:
     import gevent  # type: ignore[import-untyped]
     import zerorpc  # type: ignore[import-untyped]
 
-    recorder = Recorder(server_pid)
+    recorder = Recorder(server_pids)
     clock = time.perf_counter
     clients = [zerorpc.Client(connect_to=target) for _ in range(callers)]
 
@@ -438,18 +418,18 @@ def run_load(
     callers: int,
     duration_s: float,
     warmup_s: float,
-    server_pid: int | None = None,
+    server_pids: Sequence[int] = (),
 ) -> LoadResult:
     if callers < 1:
         raise ValueError("at least one caller is needed")
     if system == "zerorpc":
-        return drive_zerorpc(target, callers, duration_s, warmup_s, server_pid)
-    return asyncio.run(drive_async(system, target, callers, duration_s, warmup_s, server_pid))
+        return drive_zerorpc(target, callers, duration_s, warmup_s, server_pids)
+    return asyncio.run(drive_async(system, target, callers, duration_s, warmup_s, server_pids))
 
 
 PROBE_REQUESTS: Final = (
-    [b"bench-probe", PAYLOAD],  # well-formed
-    [PAYLOAD],  # no address: the seed's malformed request
+    protocol.encode_request("bench-probe", PAYLOAD),  # well-formed
+    protocol.encode_request_without_address(PAYLOAD),  # the seed's malformed request
     [b"", PAYLOAD],  # empty address
 )
 
@@ -468,10 +448,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--target", required=True, help="the server's address, as its client takes it"
     )
-    parser.add_argument("--callers", type=int, default=16)
-    parser.add_argument("--duration-s", type=float, default=2.0)
-    parser.add_argument("--warmup-s", type=float, default=0.5)
-    parser.add_argument("--server-pid", type=int, help="the server process, for its CPU time")
+    parser.add_argument("--callers", type=cli.int_at_least(1), default=16)
+    parser.add_argument("--duration-s", type=cli.float_at_least(0.01), default=2.0)
+    parser.add_argument("--warmup-s", type=cli.float_at_least(0), default=0.5)
+    parser.add_argument(
+        "--server-pid",
+        type=cli.int_at_least(1),
+        action="append",
+        default=[],
+        help="a server process, for its CPU time (repeatable)",
+    )
     parser.add_argument(
         "--probe",
         action="store_true",

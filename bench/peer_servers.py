@@ -36,7 +36,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Final
 
-from reqrep import protocol
+from reqrep import cli, protocol
 
 REPLICA: Final = b"peer"
 GRPC_METHOD: Final = "/bench.Peer/Request"
@@ -188,10 +188,10 @@ def serve(system: str, port: int, contexts: int = DEFAULT_CONTEXTS) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="One peer's server for bench.peers.")
     parser.add_argument("system", choices=SYSTEMS)
-    parser.add_argument("--port", type=int, required=True, help="TCP port on 127.0.0.1")
+    parser.add_argument("--port", type=cli.port_number, required=True, help="TCP port on 127.0.0.1")
     parser.add_argument(
         "--contexts",
-        type=int,
+        type=cli.int_at_least(1),
         default=DEFAULT_CONTEXTS,
         help="pynng: requests served at once (one nng context each)",
     )
