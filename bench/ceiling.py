@@ -14,6 +14,11 @@ from collections.abc import Sequence
 import zmq
 
 
+def command(port: int) -> list[str]:
+    """The command line that runs the ceiling on 127.0.0.1:``port``."""
+    return [sys.executable, "-m", "bench.ceiling", "--bind", f"tcp://127.0.0.1:{port}"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Synchronous pyzmq REP echo loop.")
     parser.add_argument("--bind", default="tcp://127.0.0.1:*", help="endpoint to bind")

@@ -36,34 +36,28 @@ fairly whichever side is the limit.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
+from bench.ceiling import command as ceiling_command
 from bench.machine import machine
 from bench.peer_clients import LoadResult
 from bench.peer_servers import HTTP_PATH
+from bench.processes import BenchError, run_json, server_process
 from reqrep import cli
-from reqrep.stack import free_port
+from reqrep.stack import SERVER_SCRIPT, free_port
 
-PROJECT_DIR: Final = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S: Final = 20.0
 STOP_TIMEOUT_S: Final = 5.0
 REFERENCES: Final = ("project-req", "project-client")
 DEFAULT_CALLERS: Final = (1, 16, 64)
-
-
-class BenchError(RuntimeError):
-    """A server did not start or a load process did not finish."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,76 +102,32 @@ def server_command(system: str, port: int) -> list[str]:
     """The command that runs ``system``'s server on 127.0.0.1:``port``."""
     if system in ("project-client", "project-req"):
         bind = f"tcp://127.0.0.1:{port}"
-        return [sys.executable, "server.py", "--bind", bind, "--name", "project"]
+        return [sys.executable, str(SERVER_SCRIPT), "--bind", bind, "--name", "project"]
     if system == "ceiling":
-        return [sys.executable, "-m", "bench.ceiling", "--bind", f"tcp://127.0.0.1:{port}"]
+        return ceiling_command(port)
     return [sys.executable, "-m", "bench.peer_servers", system, "--port", str(port)]
 
 
-def _wait_listening(port: int, process: subprocess.Popen[bytes], log: IO[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log.seek(0)
-            tail = log.read().decode(errors="replace")[-800:]
-            raise BenchError(f"server exited with status {process.returncode}: {tail}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise BenchError(f"server did not listen on port {port} within {START_TIMEOUT_S:g} s")
-
-
-@contextlib.contextmanager
-def running_server(system: str) -> Iterator[tuple[str, int]]:
+@contextlib.asynccontextmanager
+async def running_server(system: str) -> AsyncIterator[tuple[str, int]]:
     """Start ``system``'s server in its own process; yield its target and pid."""
     port = free_port()
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            server_command(system, port),
-            cwd=PROJECT_DIR,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-        )
-        try:
-            _wait_listening(port, process, log)
-            target = next(s.target for s in SYSTEMS if s.key == system).format(port=port)
-            yield target, process.pid
-        finally:
-            process.terminate()
-            try:
-                process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    command = server_command(system, port)
+    async with server_process(command, port, START_TIMEOUT_S, STOP_TIMEOUT_S) as pid:
+        yield next(s.target for s in SYSTEMS if s.key == system).format(port=port), pid
 
 
-def run_load(
+async def run_load(
     system: str, target: str, pid: int, callers: int, duration_s: float, warmup_s: float
 ) -> LoadResult:
     """One measurement: a fresh load process of ``callers`` callers against ``target``."""
     command = [sys.executable, "-m", "bench.peer_clients", system, "--target", target]
     command += ["--callers", str(callers), "--server-pid", str(pid)]
     command += ["--duration-s", str(duration_s), "--warmup-s", str(warmup_s)]
-    try:
-        done = subprocess.run(
-            command,
-            cwd=PROJECT_DIR,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=duration_s + warmup_s + 60,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"{system}: the load process did not finish") from None
-    if done.returncode != 0:
-        tail = done.stderr.decode(errors="replace")[-800:]
-        raise BenchError(f"{system}: the load process failed ({done.returncode}): {tail}")
-    fields: dict[str, Any] = json.loads(done.stdout)
-    return LoadResult(**fields)
+    return LoadResult(**await run_json(command, duration_s + warmup_s + 60))
 
 
-def measure(
+async def measure(
     systems: Sequence[str],
     callers: Sequence[int],
     rounds: int,
@@ -195,9 +145,9 @@ def measure(
         shift = round_index % len(systems)
         for system in [*systems[shift:], *systems[:shift]]:
             try:
-                with running_server(system) as (target, pid):
+                async with running_server(system) as (target, pid):
                     for count in callers:
-                        result = run_load(system, target, pid, count, duration_s, warmup_s)
+                        result = await run_load(system, target, pid, count, duration_s, warmup_s)
                         results.setdefault((system, count), []).append(result)
                         if verbose:
                             print(
@@ -207,7 +157,7 @@ def measure(
                                 file=sys.stderr,
                             )
             except BenchError as error:
-                failures.append(f"round {round_index + 1}: {error}")
+                failures.append(f"round {round_index + 1}: {system}: {error}")
                 if verbose:
                     print(f"round {round_index + 1}: {error}", file=sys.stderr)
     return results, failures
@@ -414,8 +364,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     info = machine()
-    results, failures = measure(
-        args.systems, args.callers, args.rounds, args.duration_s, args.warmup_s, args.verbose
+    results, failures = asyncio.run(
+        measure(
+            args.systems, args.callers, args.rounds, args.duration_s, args.warmup_s, args.verbose
+        )
     )
     rows = summarize(args.systems, args.callers, results)
     overheads = client_overhead(rows)

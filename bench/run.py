@@ -35,19 +35,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bench.ceiling import command as ceiling_command
 from bench.loadgen import EXPECT_ECHO, EXPECT_SERVER, LoadResult
 from bench.machine import machine as describe_machine
+from bench.processes import BenchError, run_json, server_process
 from reqrep import cli
-from reqrep.stack import (
-    PROJECT_DIR,
-    LocalStack,
-    StackError,
-    free_port,
-    nginx_binary,
-    wait_listening,
-)
-
-START_TIMEOUT_S = 10.0
+from reqrep.stack import LocalStack, StackError, free_port, nginx_binary
 
 # The targets; client counts they are judged at.
 ONE_CLIENT_P50_VS_CEILING = 1.2
@@ -57,10 +50,6 @@ ROUTER_VS_REP = 25.0
 WORK_P99_FACTOR = 3.0
 THROUGHPUT_CLIENTS = 16
 WORK_CLIENTS = 64
-
-
-class BenchError(RuntimeError):
-    """A part of the benchmark did not start or did not finish."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,25 +99,8 @@ def all_rows(work_ms: float, server_args: Sequence[str]) -> list[Row]:
 async def ceiling() -> AsyncIterator[tuple[list[str], list[int]]]:
     """Run the echo ceiling in its own process; yield its endpoint (and pid) once it accepts."""
     port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.ceiling",
-        "--bind",
-        f"tcp://127.0.0.1:{port}",
-        cwd=PROJECT_DIR,
-        stdin=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        try:
-            await asyncio.wait_for(wait_listening(port, process), START_TIMEOUT_S)
-        except (StackError, TimeoutError):
-            raise BenchError("the ceiling echo server did not start") from None
-        yield [f"tcp://127.0.0.1:{port}"], [process.pid]
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
+    async with server_process(ceiling_command(port), port) as pid:
+        yield [f"tcp://127.0.0.1:{port}"], [pid]
 
 
 @contextlib.asynccontextmanager
@@ -158,23 +130,7 @@ async def run_loadgen(
         command += ["--watch-pid", str(pid)]
     command += ["--clients", str(clients), "--duration-s", str(duration_s)]
     command += ["--warmup-s", str(warmup_s)]
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        cwd=PROJECT_DIR,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), duration_s + warmup_s + 30)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise BenchError(f"load generator did not finish: {shlex.join(command)}") from None
-    if process.returncode != 0:
-        raise BenchError(f"load generator failed ({process.returncode}): {err.decode()[-500:]}")
-    fields: dict[str, Any] = json.loads(out)
-    return LoadResult(**fields)
+    return LoadResult(**await run_json(command, duration_s + warmup_s + 30))
 
 
 async def measure(args: argparse.Namespace, rows: Sequence[Row]) -> list[Measurement]:

@@ -287,12 +287,12 @@ class LocalStack:
 
     async def stop_replica(self, replica: Replica, signum: int = signal.SIGTERM) -> int:
         """Signal one replica and wait for it to exit; return its exit status."""
-        return await _terminate(replica.process, signum)
+        return await terminate(replica.process, signum)
 
     async def stop(self) -> None:
         """Stop everything this stack started (replicas first, nginx last)."""
         await asyncio.gather(
-            *(_terminate(r.process, signal.SIGTERM) for r in self.replicas),
+            *(terminate(r.process, signal.SIGTERM) for r in self.replicas),
             return_exceptions=True,
         )
         for replica in self.replicas:
@@ -340,13 +340,13 @@ class LocalNginx:
     async def restart(self) -> None:
         """Stop nginx (SIGTERM, at once) and start it again on the same port."""
         if self.process is not None:
-            await _terminate(self.process, signal.SIGTERM)
+            await terminate(self.process, signal.SIGTERM)
         await self.start()
 
     async def stop(self) -> None:
         """Stop nginx gracefully (SIGQUIT) and remove its directory."""
         if self.process is not None:
-            await _terminate(self.process, signal.SIGQUIT)
+            await terminate(self.process, signal.SIGQUIT)
             self.process = None
         self._workdir.cleanup()
 
@@ -367,13 +367,15 @@ async def wait_listening(port: int, process: asyncio.subprocess.Process) -> None
         return
 
 
-async def _terminate(process: asyncio.subprocess.Process, signum: int) -> int:
-    """Send ``signum``, wait up to STOP_TIMEOUT_S, then kill; return the status."""
+async def terminate(
+    process: asyncio.subprocess.Process, signum: int, timeout_s: float = STOP_TIMEOUT_S
+) -> int:
+    """Send ``signum``, wait up to ``timeout_s``, then kill; return the status."""
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signum)
         try:
-            return await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
+            return await asyncio.wait_for(process.wait(), timeout_s)
         except TimeoutError:
             logger.warning("process %d did not stop in time; killing it", process.pid)
             with contextlib.suppress(ProcessLookupError):

@@ -6,6 +6,7 @@ Skipped, with the reason, when requirements-bench.txt is not installed.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import sys
@@ -56,13 +57,13 @@ def test_every_system_answers_at_1_and_2_callers_and_the_chart_is_drawn(
 @pytest.mark.parametrize(
     "system", ["project-client", "project-req", "grpc", "pynng", "zerorpc", "aiozmq", "aiohttp"]
 )
-def test_each_system_answers_a_request_without_address_invalid_message(system: str) -> None:
+async def test_each_system_answers_a_request_without_address_invalid_message(
+    system: str,
+) -> None:
     from bench.peers import running_server
 
-    with running_server(system) as (target, _pid):
-        output = run(
-            [sys.executable, "-m", "bench.peer_clients", system, "--target", target, "--probe"],
-            PROBE_TIMEOUT_S,
-        )
+    async with running_server(system) as (target, _pid):
+        command = [sys.executable, "-m", "bench.peer_clients", system, "--target", target]
+        output = await asyncio.to_thread(run, [*command, "--probe"], PROBE_TIMEOUT_S)
     # A well-formed request, one without address, one with an empty address.
     assert json.loads(output) == ["Server response", "Invalid message", "Invalid message"]
