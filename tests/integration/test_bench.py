@@ -3,31 +3,22 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 from reqrep.stack import nginx_binary
-from tests.support import PROJECT_DIR
+from tests.support import run
 
 RUN_TIMEOUT_S = 180
 TINY = ("--quick", "--duration-s", "0.1", "--warmup-s", "0.05")
 
 
-def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bench.run", *TINY, *args],
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
-    )
+def run_bench(*args: str) -> str:
+    """``python -m bench.run`` with tiny windows; its stdout (a test failure if it fails)."""
+    return run([sys.executable, "-m", "bench.run", *TINY, *args], RUN_TIMEOUT_S)
 
 
 def test_quick_run_prints_the_table_with_every_row_and_the_targets() -> None:
-    done = run_bench("--clients", "1,16,64")
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    lines = run_bench("--clients", "1,16,64").splitlines()
     labels = ["ceiling: sync REP echo", "server ROUTER, direct", "ROUTER --work-ms 20"]
     labels.append("REP --work-ms 20")
     if nginx_binary() is not None:
@@ -44,9 +35,7 @@ def test_quick_run_prints_the_table_with_every_row_and_the_targets() -> None:
 
 
 def test_json_output_has_a_row_per_measurement() -> None:
-    done = run_bench("--rows", "ceiling,direct", "--clients", "1,2", "--json")
-    assert done.returncode == 0, done.stderr
-    document = json.loads(done.stdout)
+    document = json.loads(run_bench("--rows", "ceiling,direct", "--clients", "1,2", "--json"))
     measured = [(row["row"], row["clients"]) for row in document["rows"]]
     assert measured == [("ceiling", 1), ("ceiling", 2), ("direct", 1), ("direct", 2)]
     assert all(row["replies"] > 0 and row["errors"] == 0 for row in document["rows"])

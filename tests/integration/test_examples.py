@@ -14,11 +14,9 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import zmq
@@ -32,6 +30,7 @@ NODE_DIR = PROJECT_DIR / "examples" / "node"
 C_DIR = PROJECT_DIR / "examples" / "c"
 INSTALL_TIMEOUT_S = 180.0
 READY_TIMEOUT_S = 10.0
+REPLICA = b"replica-1"  # what LocalStack names its one replica
 REPLY_TIMEOUT_S = 5.0
 RUN_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -140,50 +139,13 @@ async def _ping(context: zmq.asyncio.Context, endpoint: str) -> list[bytes]:
 
 
 @contextlib.asynccontextmanager
-async def replica(
-    context: zmq.asyncio.Context, tmp_path: Path, name: str = "replica-x"
-) -> AsyncIterator[str]:
-    """``server.py`` on a free loopback port, answering; yields its endpoint."""
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    log_path = tmp_path / f"{name}.log"
-    with log_path.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(PROJECT_DIR / "server.py"),
-            "--bind",
-            endpoint,
-            "--name",
-            name,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=log,
-        )
-    try:
-        # Ready when it answers a ping, or failed when it exits first.
-        ping = asyncio.ensure_future(_ping(context, endpoint))
-        exited = asyncio.ensure_future(process.wait())
-        done, _ = await asyncio.wait(
-            {ping, exited}, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
-        )
-        for waiting in (ping, exited):
-            if waiting not in done:
-                waiting.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait_for(waiting, STOP_TIMEOUT_S)
-        if ping not in done:
-            pytest.fail(
-                f"{name} did not answer within {READY_TIMEOUT_S:g} s: {log_path.read_text()}"
-            )
-        assert ping.result() == protocol.ok_reply(name.encode())
+async def replica(context: zmq.asyncio.Context) -> AsyncIterator[str]:
+    """``server.py`` on a free loopback port (``LocalStack``), answering; yields its endpoint."""
+    async with LocalStack(1, nginx=False) as stack:
+        (endpoint,) = stack.endpoints
+        ping = await asyncio.wait_for(_ping(context, endpoint), READY_TIMEOUT_S)
+        assert ping == protocol.ok_reply(REPLICA)
         yield endpoint
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                process.kill()
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
 
 
 # --- the examples against a replica, through nginx, and against nothing ----------
@@ -195,10 +157,8 @@ def assert_seed_output(run: Run) -> None:
     assert run.status == 0, str(run)
 
 
-async def test_example_against_a_replica(
-    example: list[str], context: zmq.asyncio.Context, tmp_path: Path
-) -> None:
-    async with replica(context, tmp_path) as endpoint:
+async def test_example_against_a_replica(example: list[str], context: zmq.asyncio.Context) -> None:
+    async with replica(context) as endpoint:
         run = await run_example(example, "--connect", endpoint)
     assert_seed_output(run)
     assert run.stderr == ""
@@ -306,16 +266,16 @@ async def receive_correlated(sock: zmq.asyncio.Socket) -> list[bytes]:
 
 
 async def test_req_correlate_gets_its_own_replies(
-    context: zmq.asyncio.Context, tmp_path: Path
+    context: zmq.asyncio.Context,
 ) -> None:
     """The request-id frame of ZMQ_REQ_CORRELATE is echoed, so replies are matched to requests."""
     valid = protocol.encode_request("correlated", b"data")
-    async with replica(context, tmp_path) as endpoint:
+    async with replica(context) as endpoint:
         with connected(context, zmq.REQ, endpoint, REQ_CORRELATE=1, REQ_RELAXED=1) as sock:
-            assert await exchange(sock, valid) == [b"Server response", b"replica-x", b""]
+            assert await exchange(sock, valid) == [b"Server response", REPLICA, b""]
             assert await exchange(sock, [b"no address"]) == [
                 b"Invalid message",
-                b"replica-x",
+                REPLICA,
                 MISSING_ADDRESS,
             ]
             # Relaxed: send again without waiting; the first request's reply
@@ -324,7 +284,7 @@ async def test_req_correlate_gets_its_own_replies(
             await asyncio.wait_for(sock.send_multipart([b"no address"]), REPLY_TIMEOUT_S)
             assert await receive_correlated(sock) == [
                 b"Invalid message",
-                b"replica-x",
+                REPLICA,
                 MISSING_ADDRESS,
             ]
 
@@ -332,42 +292,42 @@ async def test_req_correlate_gets_its_own_replies(
 ENVELOPES = {
     "delimiter": (
         [b"", b"dealer", b"data"],
-        [b"", b"Server response", b"replica-x", b""],
+        [b"", b"Server response", REPLICA, b""],
     ),
     "delimiter, no address": (
         [b"", b"data"],
-        [b"", b"Invalid message", b"replica-x", MISSING_ADDRESS],
+        [b"", b"Invalid message", REPLICA, MISSING_ADDRESS],
     ),
     "delimiter only": (
         [b""],
-        [b"", b"Invalid message", b"replica-x", b"empty message"],
+        [b"", b"Invalid message", REPLICA, b"empty message"],
     ),
     "7 hops": (
         [b"hop"] * 7 + [b"", b"dealer", b"data"],
-        [b"hop"] * 7 + [b"", b"Server response", b"replica-x", b""],
+        [b"hop"] * 7 + [b"", b"Server response", REPLICA, b""],
     ),
     "8 hops: too deep, behind the routing id alone": (
         [b"hop"] * 8 + [b"", b"dealer", b"data"],
         [
             b"Invalid message",
-            b"replica-x",
+            REPLICA,
             b"wrong number of frames: 11, expected 2 (address, data)",
         ],
     ),
     "bare, no delimiter": (
         [b"dealer", b"data"],
-        [b"Server response", b"replica-x", b""],
+        [b"Server response", REPLICA, b""],
     ),
     "bare, empty data taken as the delimiter": (
         [b"dealer", b""],
-        [b"dealer", b"", b"Invalid message", b"replica-x", b"empty message"],
+        [b"dealer", b"", b"Invalid message", REPLICA, b"empty message"],
     ),
 }
 
 
-async def test_dealer_envelopes(context: zmq.asyncio.Context, tmp_path: Path) -> None:
+async def test_dealer_envelopes(context: zmq.asyncio.Context) -> None:
     """Every DEALER row of the spec's envelope table, byte for byte."""
-    async with replica(context, tmp_path) as endpoint:
+    async with replica(context) as endpoint:
         with connected(context, zmq.DEALER, endpoint) as sock:
             for case, (sent, expected) in ENVELOPES.items():
                 assert await exchange(sock, sent) == expected, case

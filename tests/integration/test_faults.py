@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from reqrep.stack import PROJECT_DIR, LocalStack
-from tests.support import needs_nginx
+from tests.support import needs_nginx, run_script
 
 CLIENT_SCRIPT = PROJECT_DIR / "client.py"
 RUN_TIMEOUT_S = 120.0
@@ -204,7 +204,7 @@ async def test_nginx_restart_mid_run_clients_recover(tmp_path: Path) -> None:
 
 @pytest.mark.nginx
 @needs_nginx
-async def test_whole_service_down_clients_fail_fast_and_clearly(tmp_path: Path) -> None:
+async def test_whole_service_down_clients_fail_fast_and_clearly() -> None:
     """Every replica dead behind a live nginx: each client gives up after its tries, clearly."""
     timeout_ms, tries = 300, 3
     async with LocalStack(2, nginx=True) as stack:
@@ -212,34 +212,24 @@ async def test_whole_service_down_clients_fail_fast_and_clearly(tmp_path: Path) 
             await stack.stop_replica(replica, signal.SIGKILL)
         (endpoint,) = stack.endpoints
         started = time.monotonic()
-        processes = [
-            await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(CLIENT_SCRIPT),
-                "--connect",
-                endpoint,
-                "--requests",
-                "5",
-                "--timeout-ms",
-                str(timeout_ms),
-                "--tries",
-                str(tries),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+        runs = await asyncio.gather(
+            *(
+                run_script(
+                    "client.py",
+                    *("--connect", endpoint, "--requests", "5"),
+                    *("--timeout-ms", str(timeout_ms), "--tries", str(tries)),
+                    timeout_s=RUN_TIMEOUT_S,
+                )
+                for _ in range(3)
             )
-            for _ in range(3)
-        ]
-        outputs = await asyncio.wait_for(
-            asyncio.gather(*(p.communicate() for p in processes)), RUN_TIMEOUT_S
         )
         elapsed_s = time.monotonic() - started
     print(f"\nservice down: 3 clients gave up after {elapsed_s:.2f} s ({tries} x {timeout_ms} ms)")
-    for process, (stdout, stderr) in zip(processes, outputs, strict=True):
-        assert process.returncode == 1
-        assert stdout.decode().splitlines() == ["Sending request: 0"]
+    for run in runs:
+        assert run.status == 1
+        assert run.stdout.splitlines() == ["Sending request: 0"]
         assert f"error: server at {endpoint} did not answer request 0 after {tries} tries" in (
-            stderr.decode()
+            run.stderr
         )
     # Generous: tries x timeout, plus interpreter start-up on a loaded machine.
     assert elapsed_s < tries * timeout_ms / 1000 + 15

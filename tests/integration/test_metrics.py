@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -23,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reqrep import protocol
 from reqrep.client import Client
-from reqrep.stack import free_port
-from tests.support import PROJECT_DIR, RunningServer, run_script
+from reqrep.stack import LocalStack, free_port
+from tests.support import RunningServer, run_script
 
 SERVER_RESPONSE = protocol.SERVER_RESPONSE_TEXT
 INVALID_MESSAGE = protocol.INVALID_MESSAGE_TEXT
@@ -224,34 +222,23 @@ async def test_the_rep_socket_is_counted_and_timed_too(
 
 
 async def test_server_script_serves_metrics_from_its_environment() -> None:
-    zmq_port, metrics_port = free_port(), free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(PROJECT_DIR / "server.py"),
-        *("--bind", f"tcp://127.0.0.1:{zmq_port}", "--name", "metered"),
-        env={**os.environ, "SERVER_METRICS_PORT": str(metrics_port)},
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
+    metrics_port = free_port()
+    env = {**os.environ, "SERVER_METRICS_PORT": str(metrics_port)}
+    async with LocalStack(1, nginx=False, env=env) as stack:
+        (replica,) = stack.replicas
         await wait_endpoint(metrics_port)
         pinged = await run_script(
             "client.py",
-            *("--ping", "--connect", f"tcp://127.0.0.1:{zmq_port}", "--tries", "1"),
+            *("--ping", "--connect", replica.endpoint, "--tries", "1"),
             timeout_s=WAIT_S,
         )
         assert pinged.status == 0, pinged.stderr
         found = await scrape(metrics_port)
         assert found.requests(SERVER_RESPONSE) == 1
         info = [labels for name, labels in found.samples if name == "reqrep_build_info"]
-        assert ("replica", "metered") in info[0]
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(WAIT_S):
-            _, stderr = await process.communicate()
-    assert process.returncode == 0, stderr.decode()
+        assert ("replica", replica.name) in info[0]
+        status = await stack.stop_replica(replica)
+    assert status == 0, "\n".join(replica.log)
     with pytest.raises(urllib.error.URLError):  # the endpoint stopped with the replica
         _get(metrics_port)
 
