@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import os
 import re
 import subprocess
@@ -99,8 +100,17 @@ class Finished:
     stderr: str
 
 
-async def run_script(script: str, *args: str, timeout_s: float) -> Finished:
-    """Run ``python3 <project>/<script> ARGS`` to completion, bounded by ``timeout_s``."""
+async def run_script(
+    script: str,
+    *args: str,
+    timeout_s: float,
+    env: dict[str, str] | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> Finished:
+    """Run ``python3 <project>/<script> ARGS`` to completion, bounded by ``timeout_s``.
+
+    ``env`` replaces the environment; ``on_line`` sees each line of stderr as it comes.
+    """
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         str(PROJECT_DIR / script),
@@ -108,16 +118,63 @@ async def run_script(script: str, *args: str, timeout_s: float) -> Finished:
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=PROJECT_DIR,
     )
     try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            stdout, stderr = await asyncio.gather(
+                _read_all(process.stdout), _read_lines(process.stderr, on_line)
+            )
+            status = await process.wait()
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
-    if process.returncode is None:  # pragma: no cover - waited for above
-        raise RuntimeError(f"{script} did not exit")
-    return Finished(process.returncode, stdout.decode(), stderr.decode())
+    return Finished(status, stdout, stderr)
+
+
+async def _read_all(stream: asyncio.StreamReader | None) -> str:
+    return "" if stream is None else (await stream.read()).decode(errors="replace")
+
+
+async def _read_lines(
+    stream: asyncio.StreamReader | None, on_line: Callable[[str], None] | None
+) -> str:
+    lines: list[str] = []
+    if stream is not None:
+        async for raw in stream:
+            lines.append(raw.decode(errors="replace"))
+            if on_line is not None:
+                on_line(lines[-1].rstrip("\n"))
+    return "".join(lines)
+
+
+@dataclass(frozen=True)
+class ClientsRun:
+    """``run_clients.py --json``: the summary (its stdout), its exit status, and its stderr
+    (the clients' interleaved lines)."""
+
+    summary: dict[str, Any]
+    status: int
+    lines: str
+
+
+async def run_clients(
+    project: Project,
+    *args: str,
+    timeout_s: float,
+    on_line: Callable[[str], None] | None = None,
+) -> ClientsRun:
+    """``run_clients.py ARGS --json`` in the project's environment, bounded."""
+    done = await run_script(
+        "run_clients.py", *args, "--json", timeout_s=timeout_s, env=project.env, on_line=on_line
+    )
+    try:
+        summary: dict[str, Any] = json.loads(done.stdout)
+    except ValueError:
+        pytest.fail(f"run_clients.py printed no summary ({done.status}):\n{done.stderr[-3000:]}")
+    return ClientsRun(summary, done.status, done.stderr)
 
 
 # The demo client's defaults (client.py, the compose `client` service): 10
@@ -226,6 +283,12 @@ def engine_problem(compose: bool = True) -> str | None:
     return None
 
 
+def needs_engine() -> pytest.MarkDecorator:
+    """Skipped, with how to get one, without a Docker engine (compose not needed)."""
+    problem = engine_problem(compose=False)
+    return pytest.mark.skipif(problem is not None, reason=f"{problem}; {SETUP_HINT}")
+
+
 def needs_compose() -> list[pytest.MarkDecorator]:
     """A compose test module's marks: ``docker``, and skipped (with how to get one) without
     an engine and compose."""
@@ -280,6 +343,20 @@ def docker_unchecked(*args: str) -> subprocess.CompletedProcess[str]:
         check=False,
         cwd=PROJECT_DIR,
     )
+
+
+def assert_demo_client_printed_the_seed_lines(project: Project) -> None:
+    """The compose ``client`` service ran to exit 0, printing the seed's lines."""
+    (client,) = project.containers("client")
+    exit_code = docker("wait", client, timeout_s=ANSWER_TIMEOUT_S).strip()
+    logs = project.compose("logs", "--no-color", "client")
+    assert exit_code == "0", logs
+    assert lines_per_client(logs) == {"client_1": seed_lines(SEED_REQUESTS)}, logs
+
+
+def replica_name(container: str) -> str:
+    """The name a server container puts in its replies: its hostname, the id's first 12 digits."""
+    return container[:12]
 
 
 @dataclass(frozen=True)
@@ -342,8 +419,13 @@ class Project:
         return docker("ps", "-aq", "--no-trunc", *filters).split()
 
     def replica_names(self) -> set[str]:
-        """What the servers put in their replies: the hostname, the id's first 12 digits."""
-        return {container[:12] for container in self.containers("server")}
+        """What the servers put in their replies."""
+        return {replica_name(container) for container in self.containers("server")}
+
+    def container_of(self, replica: str) -> str:
+        """The server container whose replies name ``replica``."""
+        (container,) = [c for c in self.containers("server") if replica_name(c) == replica]
+        return container
 
     def diagnostics(self) -> str:
         """The containers' states and the last lines of their logs, for a failure message."""
@@ -390,20 +472,46 @@ async def probe(context: zmq.asyncio.Context, endpoint: str, **settings: Any) ->
     return reply.replica
 
 
-async def wait_for_replica(endpoint: str, replica: str | None = None, **settings: Any) -> None:
-    """Until a new connection is answered (by ``replica``, if given); bounded."""
+async def probe_until(
+    endpoint: str,
+    enough: Callable[[Counter[str]], bool],
+    *,
+    per_round: int = 1,
+    timeout_s: float = ANSWER_TIMEOUT_S,
+    **settings: Any,
+) -> tuple[float, Counter[str]]:
+    """New connections, ``per_round`` at once, until the replies per replica are ``enough``.
+
+    Returns the seconds it took and the replies per replica. A probe that gets
+    no reply (``RequestTimeout``) counts for nothing; any other failure fails.
+    Bounded by ``timeout_s``; ``settings`` as for ``probe``.
+    """
+    started = time.monotonic()
+    seen: Counter[str] = Counter()
     context = zmq.asyncio.Context()
     try:
-        async with asyncio.timeout(ANSWER_TIMEOUT_S):
-            while True:
-                try:
-                    answered = await probe(context, endpoint, **settings)
-                except protocol.RequestTimeout:
-                    continue
-                if replica is None or answered == replica:
-                    return
+        async with asyncio.timeout(timeout_s):
+            while not enough(seen):
+                replies = await asyncio.gather(
+                    *(probe(context, endpoint, **settings) for _ in range(per_round)),
+                    return_exceptions=True,
+                )
+                for reply in replies:
+                    if isinstance(reply, BaseException):
+                        if not isinstance(reply, protocol.RequestTimeout):
+                            raise reply
+                    else:
+                        seen[reply] += 1
     finally:
         context.destroy(linger=0)
+    return time.monotonic() - started, seen
+
+
+async def wait_for_replica(endpoint: str, replica: str | None = None, **settings: Any) -> None:
+    """Until a new connection is answered (by ``replica``, if given); bounded."""
+    await probe_until(
+        endpoint, lambda seen: bool(seen) if replica is None else replica in seen, **settings
+    )
 
 
 async def docker_async(*args: str, timeout_s: float = DOCKER_TIMEOUT_S) -> str:

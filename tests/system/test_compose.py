@@ -22,21 +22,17 @@ says why; ``bash ../shared/docker-offline/setup.sh .`` provides both.
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import zmq.asyncio
 
 from tests.support import (
-    PROJECT_DIR,
-    SEED_REQUESTS,
+    ClientsRun,
     Load,
     Project,
+    assert_demo_client_printed_the_seed_lines,
     assert_no_request_lost,
     compose_project,
     docker,
@@ -45,15 +41,13 @@ from tests.support import (
     lines_per_client,
     loads_running,
     needs_compose,
+    run_clients,
     seed_lines,
     wait_for_replica,
     wait_healthy,
 )
 
-RUN_CLIENTS = PROJECT_DIR / "run_clients.py"
-
 # Bounds on every wait (building from cold is support.UP_TIMEOUT_S).
-ANSWER_TIMEOUT_S = 30.0
 CLIENTS_TIMEOUT_S = 120.0
 STOP_LIMIT_S = 5.0
 
@@ -82,67 +76,21 @@ def assert_every_request_answered(output: str, clients: int, requests: int) -> N
         assert lines == seed_lines(requests), f"{name}:\n" + "\n".join(lines)
 
 
-@dataclass
-class ClientsRun:
-    output: str
-    summary: dict[str, Any]
-    exit_code: int
-
-
-async def run_clients(project: Project, *args: str) -> ClientsRun:
-    """``run_clients.py ARGS --json``, bounded."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(RUN_CLIENTS),
-        *args,
-        "--json",
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=project.env,
-        cwd=PROJECT_DIR,
-    )
-    lines: list[str] = []
-
-    async def read() -> None:
-        if process.stdout is None:  # pragma: no cover - always piped
-            return
-        lines.extend([raw.decode(errors="replace").rstrip("\n") async for raw in process.stdout])
-
-    try:
-        async with asyncio.timeout(CLIENTS_TIMEOUT_S):
-            await read()
-            exit_code = await process.wait()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    output = "\n".join(lines)
-    if "{" not in lines:
-        pytest.fail(f"run_clients.py printed no summary:\n{output}")
-    summary = json.loads("\n".join(lines[lines.index("{") :]))
-    return ClientsRun(output, summary, exit_code)
-
-
 def assert_all_answered(result: ClientsRun, clients: int, requests: int, project: Project) -> None:
-    assert result.exit_code == 0, f"{result.output}\n{project.diagnostics()}"
-    assert result.summary["ok"], result.output
+    assert result.status == 0, f"{result.lines}\n{project.diagnostics()}"
+    assert result.summary["ok"], result.lines
     total = result.summary["total"]
     assert total["sent"] == clients * requests
     assert total["failed"] == 0
     assert total["invalid_message"] == clients
-    assert_every_request_answered(result.output, clients, requests)
+    assert_every_request_answered(result.lines, clients, requests)
 
 
 # --- the tests, in order ---------------------------------------------------------
 
 
 def test_client_service_prints_the_seed_lines(project: Project) -> None:
-    (client,) = project.containers("client")
-    exit_code = docker("wait", client, timeout_s=ANSWER_TIMEOUT_S).strip()
-    logs = project.compose("logs", "--no-color", "client")
-    assert exit_code == "0", logs
-    assert lines_per_client(logs) == {"client_1": seed_lines(SEED_REQUESTS)}, logs
+    assert_demo_client_printed_the_seed_lines(project)
 
 
 async def test_clients_on_the_host_are_answered_by_all_replicas(project: Project) -> None:
@@ -150,13 +98,16 @@ async def test_clients_on_the_host_are_answered_by_all_replicas(project: Project
         project,
         *("--clients", "6", "--requests", "20", "--interval-ms", "20"),
         *("--connect", project.endpoint),
+        timeout_s=CLIENTS_TIMEOUT_S,
     )
     assert_all_answered(result, 6, 20, project)
     assert set(result.summary["replicas"]) == project.replica_names(), result.summary["replicas"]
 
 
 async def test_clients_in_containers(project: Project) -> None:
-    result = await run_clients(project, "--docker", "--clients", "2", "--requests", "5")
+    result = await run_clients(
+        project, "--docker", "--clients", "2", "--requests", "5", timeout_s=CLIENTS_TIMEOUT_S
+    )
     assert_all_answered(result, 2, 5, project)
     assert set(result.summary["replicas"]) <= project.replica_names()
 
@@ -178,7 +129,7 @@ async def test_killed_replica_loses_no_request(
     # The victim held connections of this run when it died; the others took over.
     replicas = {replica for load in loads for replica in load.replies}
     assert replicas == project.replica_names(), replicas
-    (victim,) = [c for c in project.containers("server") if c.startswith(killed.victim)]
+    victim = project.container_of(killed.victim)
     state = docker("inspect", "-f", "{{.State.Running}}", victim).strip()
     assert state == "false"
 
@@ -195,6 +146,7 @@ async def test_scaled_up_replica_gets_connections_without_a_reload(project: Proj
         project,
         *("--clients", "8", "--requests", "20", "--interval-ms", "20"),
         *("--connect", project.endpoint),
+        timeout_s=CLIENTS_TIMEOUT_S,
     )
     assert_all_answered(result, 8, 20, project)
     assert set(result.summary["replicas"]) == project.replica_names(), result.summary["replicas"]

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import zmq.asyncio
 
 from reqrep.runner import compose_command
 from reqrep.stack import open_fds
@@ -49,7 +48,8 @@ from tests.support import (
     docker_async,
     docker_unchecked,
     needs_compose,
-    probe,
+    probe_until,
+    replica_name,
 )
 
 CLIENTS = 8
@@ -99,26 +99,12 @@ async def running(clients: MeasuredClients) -> AsyncIterator[asyncio.Task[None]]
                 await task
 
 
-def replica_container(project: Project, replica: str) -> str:
-    """The container whose hostname (the name in replies) is ``replica``."""
-    (container,) = [c for c in project.containers("server") if c.startswith(replica)]
-    return container
-
-
 async def wait_answered_by(endpoint: str, replica: str) -> float:
     """Seconds until a new connection is answered by ``replica``; bounded."""
-    started = time.monotonic()
-    context = zmq.asyncio.Context()
-    try:
-        async with asyncio.timeout(BACK_TIMEOUT_S):
-            while True:
-                replies = await asyncio.gather(
-                    *(probe(context, endpoint) for _ in range(4)), return_exceptions=True
-                )
-                if replica in replies:
-                    return time.monotonic() - started
-    finally:
-        context.destroy(linger=0)
+    took_s, _ = await probe_until(
+        endpoint, lambda seen: replica in seen, per_round=4, timeout_s=BACK_TIMEOUT_S
+    )
+    return took_s
 
 
 async def test_replica_cut_off_from_the_network_for_10_s_loses_nothing(project: Project) -> None:
@@ -127,7 +113,7 @@ async def test_replica_cut_off_from_the_network_for_10_s_loses_nothing(project: 
         await clients.answered_at_least(FAULT_AFTER_REPLIES)
         # The replica serving the most of the load so far holds client connections.
         victim = clients.replicas.most_common(1)[0][0]
-        container = replica_container(project, victim)
+        container = project.container_of(victim)
         networks = json.loads(
             await docker_async("inspect", "-f", "{{json .NetworkSettings.Networks}}", container)
         )
@@ -151,27 +137,27 @@ async def test_replica_cut_off_from_the_network_for_10_s_loses_nothing(project: 
     assert clients.answered == clients.sent == CLIENTS * REQUESTS
 
 
-def nginx_state(project: Project) -> tuple[str, int, int, bool]:
-    """nginx's container, its restart count, its main process and whether it runs."""
-    (nginx,) = project.containers("nginx")
+def nginx_state(nginx: str) -> tuple[int, int, bool]:
+    """The nginx container's restart count, its main process and whether it runs."""
     out = docker("inspect", "-f", "{{.RestartCount}} {{.State.Pid}} {{.State.Running}}", nginx)
     restarts, pid, running_ = out.split()
-    return nginx, int(restarts), int(pid), running_ == "true"
+    return int(restarts), int(pid), running_ == "true"
 
 
-async def wait_restarted(project: Project, restarts_before: int) -> float:
-    """Seconds until nginx's container runs again after a restart; bounded."""
+async def wait_restarted(nginx: str, restarts_before: int) -> float:
+    """Seconds until the nginx container runs again after a restart; bounded."""
     started = time.monotonic()
     async with asyncio.timeout(BACK_TIMEOUT_S):
         while True:
-            _, restarts, _, is_running = await asyncio.to_thread(nginx_state, project)
+            restarts, _, is_running = await asyncio.to_thread(nginx_state, nginx)
             if restarts > restarts_before and is_running:
                 return time.monotonic() - started
             await asyncio.sleep(0.1)  # polling the engine's container state: no event
 
 
 async def test_nginx_master_killed_restarts_and_loses_nothing(project: Project) -> None:
-    nginx, restarts, pid, _ = nginx_state(project)
+    (nginx,) = project.containers("nginx")
+    restarts, pid, _ = nginx_state(nginx)
     # The container's main process is nginx's master (the image's CMD).
     command = await asyncio.to_thread(Path(f"/proc/{pid}/cmdline").read_bytes)
     assert command.startswith(b"nginx: master process"), command
@@ -179,12 +165,12 @@ async def test_nginx_master_killed_restarts_and_loses_nothing(project: Project) 
     async with running(clients):
         await clients.answered_at_least(FAULT_AFTER_REPLIES)
         os.kill(pid, signal.SIGKILL)
-        back_s = await wait_restarted(project, restarts)
+        back_s = await wait_restarted(nginx, restarts)
     print(
         f"\nnginx's master (pid {pid}) SIGKILLed: the container ran again {back_s:.1f} s later "
         f"(restart policy); {clients}"
     )
-    assert nginx_state(project)[0] == nginx, "the same container, restarted"
+    assert project.containers("nginx") == [nginx], "the same container, restarted"
     assert clients.lost == []
     assert clients.answered == clients.sent == CLIENTS * REQUESTS
 
@@ -243,7 +229,7 @@ class Flood:
 def main_pids(project: Project) -> dict[str, int]:
     """Each replica's main process (server.py), by replica name."""
     return {
-        container[:12]: int(docker("inspect", "-f", "{{.State.Pid}}", container))
+        replica_name(container): int(docker("inspect", "-f", "{{.State.Pid}}", container))
         for container in project.containers("server")
     }
 
@@ -301,13 +287,8 @@ async def normal_run(
     clients = MeasuredClients(
         project.endpoint, CLIENTS, FLOOD_RUN_REQUESTS, interval_s=FLOOD_RUN_INTERVAL_S
     )
-    task = asyncio.create_task(clients.run())
-    try:
+    async with running(clients) as task:
         fds = await asyncio.wait_for(fds_while(pids, task), LOAD_TIMEOUT_S)
-        await task
-    finally:
-        if not task.done():
-            task.cancel()
     return clients, fds
 
 

@@ -18,28 +18,22 @@ Both print their figures (``pytest -s``).
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import pytest
-import zmq.asyncio
 
-from reqrep import protocol
 from tests.support import (
-    PROJECT_DIR,
+    ClientsRun,
     Project,
     compose_project,
     docker,
     needs_compose,
-    probe,
+    probe_until,
+    run_clients,
     wait_healthy,
 )
 
-RUN_CLIENTS = PROJECT_DIR / "run_clients.py"
 # From the scale command until every replica answers new connections.
 DISCOVERY_LIMIT_S = 15.0
 CLIENTS_TIMEOUT_S = 120.0
@@ -69,86 +63,52 @@ async def scale(project: Project, replicas: int) -> None:
     )
 
 
-@dataclass
-class ClientsRun:
-    summary: dict[str, Any]
-    exit_code: int
-    stderr: str
-
-    def check_every_request_answered(self, clients: int, requests: int) -> None:
-        total = self.summary["total"]
-        assert self.exit_code == 0, self.stderr[-3000:]
-        assert self.summary["ok"], self.stderr[-3000:]
-        assert [c["exit_code"] for c in self.summary["clients"]] == [0] * clients
-        assert total["sent"] == clients * requests
-        assert total["failed"] == 0
-        assert total["server_response"] + total["invalid_message"] == clients * requests
+def check_every_request_answered(result: ClientsRun, clients: int, requests: int) -> None:
+    total = result.summary["total"]
+    assert result.status == 0, result.lines[-3000:]
+    assert result.summary["ok"], result.lines[-3000:]
+    assert [c["exit_code"] for c in result.summary["clients"]] == [0] * clients
+    assert total["sent"] == clients * requests
+    assert total["failed"] == 0
+    assert total["server_response"] + total["invalid_message"] == clients * requests
 
 
-async def run_clients(
-    project: Project, *args: str, replies_seen: tuple[int, asyncio.Event] | None = None
+async def run_clients_here(
+    project: Project, *args: str, on_line: Callable[[str], None] | None = None
 ) -> ClientsRun:
-    """``run_clients.py ARGS --json`` through the published port, bounded.
-
-    The summary is its stdout (JSON only); the clients' lines go to stderr,
-    where ``replies_seen`` (a count and an event) watches the replies arrive.
-    """
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(RUN_CLIENTS),
+    """``run_clients.py ARGS --json`` through the published port, bounded."""
+    return await run_clients(
+        project,
         *args,
-        *("--connect", project.endpoint, "--json"),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=project.env,
-        cwd=PROJECT_DIR,
+        *("--connect", project.endpoint),
+        timeout_s=CLIENTS_TIMEOUT_S,
+        on_line=on_line,
     )
-    lines: list[str] = []
-
-    async def watch() -> None:
-        if process.stderr is None:  # pragma: no cover - always piped
-            return
-        replies = 0
-        async for raw in process.stderr:
-            lines.append(raw.decode(errors="replace").rstrip("\n"))
-            replies += "| Received response: " in lines[-1]
-            if replies_seen is not None and replies >= replies_seen[0]:
-                replies_seen[1].set()
-
-    try:
-        async with asyncio.timeout(CLIENTS_TIMEOUT_S):
-            stdout, _ = await asyncio.gather(read_all(process.stdout), watch())
-            exit_code = await process.wait()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    return ClientsRun(json.loads(stdout), exit_code, "\n".join(lines))
 
 
-async def read_all(stream: asyncio.StreamReader | None) -> bytes:
-    return b"" if stream is None else await stream.read()
+class RepliesSeen:
+    """Counts the replies in the clients' lines; sets ``event`` once there are ``count``."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.replies = 0
+        self.event = asyncio.Event()
+
+    def __call__(self, line: str) -> None:
+        self.replies += "| Received response: " in line
+        if self.replies >= self.count:
+            self.event.set()
 
 
 async def first_reply_from_a_new_replica(endpoint: str, known: set[str]) -> str:
     """New connections, a few at a time, until one is answered by a replica not in ``known``."""
-    context = zmq.asyncio.Context()
-    try:
-        while True:
-            answered = await asyncio.gather(
-                *(probe(context, endpoint) for _ in range(PROBES_PER_ROUND)),
-                return_exceptions=True,
-            )
-            for reply in answered:
-                if isinstance(reply, BaseException) and not isinstance(
-                    reply, protocol.RequestTimeout
-                ):
-                    raise reply
-                if isinstance(reply, str) and reply not in known:
-                    return reply
-    finally:
-        context.destroy(linger=0)
+    _, seen = await probe_until(
+        endpoint,
+        lambda seen: bool(seen.keys() - known),
+        per_round=PROBES_PER_ROUND,
+        timeout_s=DISCOVERY_LIMIT_S,
+    )
+    return min(seen.keys() - known)
 
 
 async def test_scaled_up_3_to_5_all_answer_new_connections_within_15_s_without_reload(
@@ -167,8 +127,8 @@ async def test_scaled_up_3_to_5_all_answer_new_connections_within_15_s_without_r
             rounds = 0
             while True:
                 rounds += 1
-                result = await run_clients(project, "--clients", "10", "--requests", "5")
-                result.check_every_request_answered(10, 5)
+                result = await run_clients_here(project, "--clients", "10", "--requests", "5")
+                check_every_request_answered(result, 10, 5)
                 if len(result.summary["replicas"]) == 5:
                     break
         all_s = time.monotonic() - started
@@ -191,19 +151,19 @@ async def test_scaled_up_3_to_5_all_answer_new_connections_within_15_s_without_r
 async def test_scaled_down_5_to_2_under_load_loses_no_request(project: Project) -> None:
     await asyncio.to_thread(wait_healthy, project, 5)
     clients, requests = 8, 400
-    seen = asyncio.Event()
+    # A quarter of the way in, the scale-down starts.
+    seen = RepliesSeen(clients * requests // 4)
     load = asyncio.create_task(
-        run_clients(
+        run_clients_here(
             project,
             *("--clients", str(clients), "--requests", str(requests), "--interval-ms", "20"),
-            # A quarter of the way in, the scale-down starts.
-            replies_seen=(clients * requests // 4, seen),
+            on_line=seen,
         )
     )
-    waiter = asyncio.create_task(seen.wait())
+    waiter = asyncio.create_task(seen.event.wait())
     try:
         await asyncio.wait({load, waiter}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
-        assert seen.is_set(), "the clients finished (or stalled) before the scale-down"
+        assert seen.event.is_set(), "the clients finished (or stalled) before the scale-down"
         before = project.replica_names()
         started = time.monotonic()
         await scale(project, 2)
@@ -224,6 +184,6 @@ async def test_scaled_down_5_to_2_under_load_loses_no_request(project: Project) 
         f"{sorted({c['exit_code'] for c in result.summary['clients']})}; replies per replica "
         f"{result.summary['replicas']} (removed: {sorted(removed)})"
     )
-    result.check_every_request_answered(clients, requests)
+    check_every_request_answered(result, clients, requests)
     assert len(removed) == 3
     assert removed & set(result.summary["replicas"]), "no client was on a removed replica"

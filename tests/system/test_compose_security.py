@@ -46,14 +46,12 @@ from reqrep.client import Client
 from reqrep.config import ClientConfig
 from tests.support import (
     ANSWER_TIMEOUT_S,
-    SEED_REQUESTS,
     Project,
+    assert_demo_client_printed_the_seed_lines,
     compose_project,
     docker,
     docker_unchecked,
-    lines_per_client,
     needs_compose,
-    seed_lines,
     wait_for_replica,
 )
 
@@ -314,11 +312,7 @@ def client_keys(curve_keys: CurveKeys, name: str | None) -> dict[str, Any]:
 
 class TestCurve:
     def test_demo_client_with_its_secret_prints_the_seed_lines(self, curve: Project) -> None:
-        (client,) = curve.containers("client")
-        exit_code = docker("wait", client, timeout_s=ANSWER_TIMEOUT_S).strip()
-        output = curve.compose("logs", "--no-color", "client")
-        assert exit_code == "0", output
-        assert lines_per_client(output) == {"client_1": seed_lines(SEED_REQUESTS)}, output
+        assert_demo_client_printed_the_seed_lines(curve)
 
     async def test_authorized_clients_on_the_host_are_answered_by_every_replica(
         self, curve: Project, curve_keys: CurveKeys

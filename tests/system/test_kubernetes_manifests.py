@@ -27,8 +27,7 @@ import client
 import server
 from tests.support import (
     PROJECT_DIR,
-    SETUP_HINT,
-    engine_problem,
+    needs_engine,
     nginx_image,
     nginx_statements,
     nginx_t_in_image,
@@ -100,15 +99,24 @@ def find(manifests: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any
     return matches[0]
 
 
-def pod_spec(manifests: list[dict[str, Any]], deployment: str) -> dict[str, Any]:
-    """The pod template's spec of the named Deployment."""
-    spec: dict[str, Any] = find(manifests, "Deployment", deployment)["spec"]["template"]["spec"]
+def deployments(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [m for m in manifests if m["kind"] == "Deployment"]
+
+
+def template_spec(deployment: dict[str, Any]) -> dict[str, Any]:
+    """A Deployment's pod template spec."""
+    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
     return spec
 
 
+def pod_spec(manifests: list[dict[str, Any]], deployment: str) -> dict[str, Any]:
+    """The pod template's spec of the named Deployment."""
+    return template_spec(find(manifests, "Deployment", deployment))
+
+
 def containers(manifests: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    for deployment in (m for m in manifests if m["kind"] == "Deployment"):
-        for container in deployment["spec"]["template"]["spec"]["containers"]:
+    for deployment in deployments(manifests):
+        for container in template_spec(deployment)["containers"]:
             yield deployment["metadata"]["name"], container
 
 
@@ -170,7 +178,7 @@ def test_services_select_their_deployments_pods(manifests: list[dict[str, Any]])
         assert service["spec"]["selector"].items() <= pod_labels.items()
         container_ports = {
             p["name"]: p["containerPort"]
-            for c in deployment["spec"]["template"]["spec"]["containers"]
+            for c in template_spec(deployment)["containers"]
             for p in c["ports"]
         }
         for port in service["spec"]["ports"]:
@@ -214,8 +222,8 @@ def test_server_probes_ping_through_the_replicas_own_socket(
 def test_containers_run_unprivileged_with_bounded_resources(
     manifests: list[dict[str, Any]],
 ) -> None:
-    for deployment in (m for m in manifests if m["kind"] == "Deployment"):
-        pod = deployment["spec"]["template"]["spec"]
+    for deployment in deployments(manifests):
+        pod = template_spec(deployment)
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] > 0
         assert pod["automountServiceAccountToken"] is False
@@ -284,18 +292,15 @@ def test_kubectl_kustomize_builds_what_this_reader_reads(manifests: list[dict[st
     assert hashed.startswith("zmq-nginx-"), "kustomize names it with the hash of its data"
     configmap["metadata"]["name"] = "zmq-nginx"
     nginx = next(r for r in resources if key(r) == "Deployment/zmq-nginx")
-    volume = next(v for v in nginx["spec"]["template"]["spec"]["volumes"] if "configMap" in v)
+    volume = next(v for v in template_spec(nginx)["volumes"] if "configMap" in v)
     assert volume["configMap"]["name"] == hashed, "the Deployment mounts the generated one"
     volume["configMap"]["name"] = "zmq-nginx"
 
     assert sorted(resources, key=key) == sorted(manifests, key=key)
 
 
-ENGINE_PROBLEM = engine_problem(compose=False)
-
-
 @pytest.mark.docker
-@pytest.mark.skipif(ENGINE_PROBLEM is not None, reason=f"{ENGINE_PROBLEM}; {SETUP_HINT}")
+@needs_engine()
 def test_configmap_config_passes_nginx_t_in_the_nginx_image_as_the_pod_runs_it(
     manifests: list[dict[str, Any]],
 ) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -37,21 +36,21 @@ import pytest
 import yaml
 import zmq.asyncio
 
-from reqrep import protocol
-from reqrep.client import Client
-from reqrep.config import ClientConfig
 from reqrep.stack import free_port
 from tests.support import (
+    DOCKER_TIMEOUT_S,
+    POLL_INTERVAL_S,
     PROJECT_DIR,
-    SETUP_HINT,
     Load,
     assert_no_request_lost,
     docker,
     docker_async,
-    engine_problem,
+    docker_unchecked,
     kill_the_replica_of_the_first_load,
     loads_running,
+    needs_engine,
     nginx_t_in_image,
+    probe,
 )
 
 SWARM_DIR = PROJECT_DIR / "deploy" / "swarm"
@@ -65,23 +64,15 @@ SERVER_IMAGE = f"zmq-swarm-test-server:{RUN_ID}"
 NGINX_IMAGE = f"zmq-swarm-test-nginx:{RUN_ID}"
 
 BUILD_TIMEOUT_S = 480.0
-DOCKER_TIMEOUT_S = 60.0
 # Time for tasks to start and pass their first health check.
 CONVERGE_TIMEOUT_S = 90.0
 # Time for new connections to reach a replica that is running.
 DISCOVERY_TIMEOUT_S = 60.0
 REMOVE_TIMEOUT_S = 90.0
-POLL_INTERVAL_S = 0.5
 PROBES_PER_ROUND = 10
 # Simulated work per request on the replicas (server.py --work-ms): a request
 # is still being worked on when its replica is killed, however slow the kill.
 WORK_MS = 1000
-
-
-ENGINE_PROBLEM = engine_problem(compose=False)
-needs_engine = pytest.mark.skipif(
-    ENGINE_PROBLEM is not None, reason=f"{ENGINE_PROBLEM}; {SETUP_HINT}"
-)
 
 
 # --- docker commands -----------------------------------------------------------
@@ -117,13 +108,7 @@ def all_tasks(service: str) -> list[str]:
 
 def diagnostics(service: str) -> str:
     tasks = docker("service", "ps", service, "--no-trunc", "--format", "{{.Name}} {{.Error}}")
-    logs = subprocess.run(
-        ["docker", "service", "logs", "--tail", "10", service],
-        capture_output=True,
-        text=True,
-        timeout=DOCKER_TIMEOUT_S,
-        check=False,
-    )
+    logs = docker_unchecked("service", "logs", "--tail", "10", service)
     return f"tasks:\n{tasks}\nlogs:\n{logs.stdout[-2000:]}{logs.stderr[-2000:]}"
 
 
@@ -199,12 +184,7 @@ def images() -> Iterator[None]:
         yield
     finally:
         # Only the tags: the layers are shared with the compose images.
-        subprocess.run(
-            ["docker", "rmi", SERVER_IMAGE, NGINX_IMAGE],
-            capture_output=True,
-            timeout=DOCKER_TIMEOUT_S,
-            check=False,
-        )
+        docker_unchecked("rmi", SERVER_IMAGE, NGINX_IMAGE)
 
 
 @dataclass
@@ -265,15 +245,6 @@ def stack(swarm: None, images: None) -> Iterator[Stack]:
 # --- clients through nginx --------------------------------------------------------
 
 
-async def probe(context: zmq.asyncio.Context, endpoint: str) -> str:
-    """One new connection through nginx, one request; the replica that answered."""
-    config = ClientConfig(endpoints=(endpoint,), timeout_ms=WORK_MS + 1500, tries=3, heartbeat_ms=0)
-    async with Client(config, context) as client:
-        reply = await client.request(protocol.encode_request("probe", b"which replica?"), "probe")
-    assert reply.status == protocol.SERVER_RESPONSE_TEXT
-    return reply.replica
-
-
 async def wait_answering(
     context: zmq.asyncio.Context, endpoint: str, replicas: set[str]
 ) -> tuple[float, Counter[str]]:
@@ -287,7 +258,12 @@ async def wait_answering(
     async with asyncio.timeout(DISCOVERY_TIMEOUT_S):
         while not replicas <= seen.keys():
             seen.update(
-                await asyncio.gather(*(probe(context, endpoint) for _ in range(PROBES_PER_ROUND)))
+                await asyncio.gather(
+                    *(
+                        probe(context, endpoint, timeout_ms=WORK_MS + 1500, tries=3)
+                        for _ in range(PROBES_PER_ROUND)
+                    )
+                )
             )
             if not replicas <= seen.keys():
                 await asyncio.sleep(0.2)  # polling nginx's DNS cache: no event to await
@@ -298,7 +274,7 @@ async def wait_answering(
 
 
 @pytest.mark.swarm
-@needs_engine
+@needs_engine()
 @pytest.mark.timeout(BUILD_TIMEOUT_S + 300)
 async def test_all_three_replicas_answer_through_nginx_without_reload(
     stack: Stack, context: zmq.asyncio.Context
@@ -313,7 +289,7 @@ async def test_all_three_replicas_answer_through_nginx_without_reload(
 
 
 @pytest.mark.swarm
-@needs_engine
+@needs_engine()
 @pytest.mark.timeout(300)
 async def test_scaled_up_replicas_get_new_connections_within_seconds(
     stack: Stack, context: zmq.asyncio.Context
@@ -335,7 +311,7 @@ async def test_scaled_up_replicas_get_new_connections_within_seconds(
 
 
 @pytest.mark.swarm
-@needs_engine
+@needs_engine()
 @pytest.mark.timeout(300)
 async def test_killed_replica_loses_no_request_and_is_replaced(
     stack: Stack, context: zmq.asyncio.Context
@@ -371,7 +347,7 @@ async def test_killed_replica_loses_no_request_and_is_replaced(
 
 
 @pytest.mark.swarm
-@needs_engine
+@needs_engine()
 @pytest.mark.timeout(REMOVE_TIMEOUT_S + 60)
 def test_stack_rm_removes_everything(stack: Stack) -> None:
     assert stack.leftovers().keys() == {"services", "containers", "networks", "configs"}
@@ -413,7 +389,7 @@ def test_stack_server_runs_like_the_compose_server() -> None:
 
 
 @pytest.mark.docker
-@needs_engine
+@needs_engine()
 def test_swarm_nginx_config_passes_nginx_t_in_the_nginx_image() -> None:
     """The stack's configs, where the stack puts them, in the image nginx runs."""
     stack_file = load_yaml(STACK_FILE)
