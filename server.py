@@ -96,6 +96,14 @@ def add_handling_flags(parser: argparse.ArgumentParser) -> None:
         default=cli.env("SERVER_GRACE_S", _default("grace_s")),
         help="on SIGTERM/SIGINT, time to finish requests in flight (env SERVER_GRACE_S)",
     )
+    parser.add_argument(
+        "--shutdown-delay-s",
+        type=cli.float_at_least(0),
+        default=cli.env("SERVER_SHUTDOWN_DELAY_S", _default("shutdown_delay_s")),
+        help="on the first SIGTERM/SIGINT, go on answering this long before stopping, so a "
+        "balancer stops choosing this replica first; a second signal stops at once "
+        "(env SERVER_SHUTDOWN_DELAY_S)",
+    )
 
 
 def add_metrics_flags(parser: argparse.ArgumentParser) -> None:
@@ -136,6 +144,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         work_ms=args.work_ms,
         max_message_bytes=args.max_message_bytes,
         grace_s=args.grace_s,
+        shutdown_delay_s=args.shutdown_delay_s,
         heartbeat_ms=args.heartbeat_ms,
         metrics_port=args.metrics_port,
         curve_secret_key=args.curve_secret_key,

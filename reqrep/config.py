@@ -31,6 +31,9 @@ class ServerConfig:
     work_ms: float = 0.0
     max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES
     grace_s: float = 5.0
+    # On the first SIGTERM/SIGINT, keep answering this long before stopping (so a
+    # balancer that re-resolves its replicas stops choosing this one first); 0: stop at once.
+    shutdown_delay_s: float = 0.0
     heartbeat_ms: int = 10_000
     # Prometheus metrics over HTTP on this port; None: off.
     metrics_port: int | None = None

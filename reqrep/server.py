@@ -346,12 +346,33 @@ def _peer_label(peer: bytes | str) -> str:
     return peer.hex() if isinstance(peer, bytes) else peer
 
 
-async def run(config: ServerConfig) -> None:
-    """Serve until SIGTERM or SIGINT, then drain and exit."""
-    stop = asyncio.Event()
+def stop_on_signals(stop: asyncio.Event, delay_s: float) -> None:
+    """Set ``stop`` on SIGTERM or SIGINT: after ``delay_s`` the first time, at once the second.
+
+    During the delay the replica goes on answering, new connections included, so a
+    balancer that finds replicas by DNS (swarm, compose, Kubernetes) has time to stop
+    choosing it before it goes: the preStop pattern.
+    """
     loop = asyncio.get_running_loop()
+    delayed: list[asyncio.TimerHandle] = []
+
+    def on_signal(signum: signal.Signals) -> None:
+        if delayed or delay_s <= 0:
+            if delayed:
+                logger.info("%s again: stopping now", signum.name)
+            stop.set()
+            return
+        logger.info("%s: still answering for %g s, then stopping", signum.name, delay_s)
+        delayed.append(loop.call_later(delay_s, stop.set))
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+async def run(config: ServerConfig) -> None:
+    """Serve until SIGTERM or SIGINT (after ``shutdown_delay_s``), then drain and exit."""
+    stop = asyncio.Event()
+    stop_on_signals(stop, config.shutdown_delay_s)
     context = zmq.asyncio.Context()
     try:
         server = Server(config, context)

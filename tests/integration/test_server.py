@@ -233,6 +233,24 @@ async def test_sigterm_drains_in_flight_requests_and_exits_zero(
     assert any("finishing 5 request(s) in flight" in line for line in replica.log)
 
 
+async def test_shutdown_delay_keeps_answering_new_clients_then_exits_zero(
+    make_client: Callable[..., Client],
+) -> None:
+    """With --shutdown-delay-s a SIGTERMed replica still answers (new connections too) for
+    the delay, then drains and exits 0; a second signal ends the delay at once."""
+    async with LocalStack(1, nginx=False, server_args=["--shutdown-delay-s", "30"]) as stack:
+        replica = stack.replicas[0]
+        async with asyncio.timeout(TIMEOUT_S):
+            replica.process.send_signal(signal.SIGTERM)
+            await replica.wait_for_log("still answering for 30 s")
+            late = make_client(stack.endpoints, timeout_ms=2000, tries=1)
+            assert (await late.ping()).ok
+            assert replica.process.returncode is None
+            status = await stack.stop_replica(replica, signal.SIGTERM)
+    assert status == 0
+    assert any("SIGTERM again: stopping now" in line for line in replica.log)
+
+
 async def test_sigterm_on_idle_server_exits_zero() -> None:
     async with LocalStack(1, nginx=False) as stack:
         status = await stack.stop_replica(stack.replicas[0], signal.SIGTERM)
