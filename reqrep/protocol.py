@@ -13,30 +13,55 @@ address, any other frame count, an address that is not UTF-8 or longer than
 
 A *reply* has exactly three frames:
 
-    frame 0  status    ``Server response`` or ``Invalid message``
+    frame 0  status    one of STATUSES (below)
     frame 1  replica   the name of the server replica that answered
-    frame 2  detail    for ``Invalid message`` the reason; otherwise empty
+    frame 2  body      ``Server response``: what the server's handler returned (empty with
+                       the default handler); any other status: why, as UTF-8 text
 
-Server and client share this module; the socket loops around it stay thin.
+    Server response    the request was handled; the body is the handler's answer
+    Invalid message    the request broke the rules above (the caller's fault)
+    Server error       the handler raised (the server's fault); "Type: message"
+    Server timeout     the handler did not finish within the server's time for it
+
+Server, clients, run_clients and the benchmarks share this module; the socket
+loops around it stay thin. The exceptions are in ``reqrep.errors``. docs/protocol.md
+is the specification, with the bytes on the wire.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from reqrep.errors import (
+    InvalidRequest,
+    MalformedReply,
+    MalformedRequest,
+    ReplyError,
+    ServerError,
+    ServerTimeout,
+)
+
 SERVER_RESPONSE: Final = b"Server response"
 INVALID_MESSAGE: Final = b"Invalid message"
-STATUSES: Final = (SERVER_RESPONSE, INVALID_MESSAGE)
+SERVER_ERROR: Final = b"Server error"
+SERVER_TIMEOUT: Final = b"Server timeout"
+STATUSES: Final = (SERVER_RESPONSE, INVALID_MESSAGE, SERVER_ERROR, SERVER_TIMEOUT)
 # The same statuses as text, as ``Reply.status`` and the reports carry them.
 SERVER_RESPONSE_TEXT: Final = SERVER_RESPONSE.decode()
 INVALID_MESSAGE_TEXT: Final = INVALID_MESSAGE.decode()
+SERVER_ERROR_TEXT: Final = SERVER_ERROR.decode()
+SERVER_TIMEOUT_TEXT: Final = SERVER_TIMEOUT.decode()
 
 REQUEST_FRAMES: Final = 2
 REPLY_FRAMES: Final = 3
 MAX_ADDRESS_BYTES: Final = 256
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1024 * 1024
+# A failure's detail is cut to this many bytes: a reply says what went wrong, not all of it.
+MAX_DETAIL_BYTES: Final = 1024
 # A ROUTER socket sees [routing id(s)..., b"", request frames...]. Behind
 # proxies there may be a few routing ids; more than this is not an envelope.
 MAX_ROUTING_FRAMES: Final = 8
@@ -51,7 +76,6 @@ FRAME_COUNT: Final = "frame_count"
 EMPTY_ADDRESS: Final = "empty_address"
 ADDRESS_TOO_LONG: Final = "address_too_long"
 ADDRESS_NOT_UTF8: Final = "address_not_utf8"
-INTERNAL_ERROR: Final = "internal_error"  # the server failed while answering (a bug)
 FAULT_KINDS: Final = (
     TOO_LARGE,
     EMPTY_MESSAGE,
@@ -60,27 +84,7 @@ FAULT_KINDS: Final = (
     EMPTY_ADDRESS,
     ADDRESS_TOO_LONG,
     ADDRESS_NOT_UTF8,
-    INTERNAL_ERROR,
 )
-
-
-class ReqRepError(Exception):
-    """Base class for everything this package raises about requests and replies."""
-
-
-class ProtocolError(ReqRepError):
-    """A message that breaks the wire format."""
-
-
-class RequestTimeout(ReqRepError):
-    """No reply after the client's last try: the server may be gone; not a protocol error."""
-
-    def __init__(self, endpoints: Sequence[str], label: str, tries: int) -> None:
-        where = ", ".join(endpoints)
-        super().__init__(f"server at {where} did not answer request {label} after {tries} tries")
-        self.endpoints = tuple(endpoints)
-        self.label = label
-        self.tries = tries
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,41 +95,45 @@ class Fault:
     reason: str
 
 
-INTERNAL_ERROR_FAULT: Final = Fault(INTERNAL_ERROR, "internal server error")
-
-
-class MalformedRequest(ProtocolError):
-    """A request that breaks the envelope rules; ``fault`` says which."""
-
-    def __init__(self, fault: Fault) -> None:
-        super().__init__(fault.reason)
-        self.fault = fault
-        self.reason = fault.reason
-
-
-class MalformedReply(ProtocolError):
-    """A reply that is not three frames with a known status."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 @dataclass(frozen=True, slots=True)
 class Request:
+    """A well-formed request, as a server's handler is given it.
+
+    ``address`` and ``data`` are the two frames. The server adds where it came from
+    and how long the handler has: ``replica`` (this replica's name), ``peer`` (the id
+    of the connection it came on, hex; empty in REP mode) and ``deadline`` (a
+    ``time.monotonic()`` value, after which the request is answered ``Server timeout``).
+    """
+
     address: str
     data: bytes
+    replica: str = ""
+    peer: str = ""
+    deadline: float = math.inf
+
+    @property
+    def time_left_s(self) -> float:
+        """Seconds until the server's deadline for this request (negative once past it)."""
+        return self.deadline - time.monotonic()
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
+    """A reply: its status, the replica that sent it, and its body (the handler's bytes,
+    or for a failure the reason as UTF-8 text)."""
+
     status: str
     replica: str
-    detail: str
+    body: bytes = b""
 
     @property
     def ok(self) -> bool:
         return self.status == SERVER_RESPONSE_TEXT
+
+    @property
+    def detail(self) -> str:
+        """The body as text: why a request failed (undecodable bytes replaced)."""
+        return self.body.decode("utf-8", errors="replace")
 
 
 def message_size(frames: Sequence[bytes]) -> int:
@@ -183,25 +191,63 @@ def parse_request(
     return Request(address=bytes(frames[0]).decode("utf-8"), data=bytes(frames[1]))
 
 
-def ok_reply(replica: bytes) -> list[bytes]:
-    return [SERVER_RESPONSE, replica, b""]
+def ok_reply(replica: bytes, body: bytes = b"") -> list[bytes]:
+    return [SERVER_RESPONSE, replica, body]
 
 
 def invalid_reply(replica: bytes, reason: str) -> list[bytes]:
     return [INVALID_MESSAGE, replica, reason.encode("utf-8")]
 
 
+def describe_error(error: BaseException) -> str:
+    """What a ``Server error`` reply says of an exception: its type and message, no traceback."""
+    name = type(error).__name__
+    message = str(error)
+    return f"{name}: {message}" if message else name
+
+
+def error_reply(replica: bytes, error: BaseException) -> list[bytes]:
+    """``Server error``: the handler raised ``error``."""
+    return [SERVER_ERROR, replica, _detail(describe_error(error))]
+
+
+def timeout_reply(replica: bytes, timeout_ms: float) -> list[bytes]:
+    """``Server timeout``: the handler did not finish within ``timeout_ms``."""
+    return [SERVER_TIMEOUT, replica, f"handler did not finish within {timeout_ms:g} ms".encode()]
+
+
+def _detail(text: str) -> bytes:
+    encoded = text.encode("utf-8", errors="replace")
+    if len(encoded) <= MAX_DETAIL_BYTES:
+        return encoded
+    return encoded[: MAX_DETAIL_BYTES - 3].decode("utf-8", errors="ignore").encode() + b"..."
+
+
 def parse_reply(frames: Sequence[bytes]) -> Reply:
     """Decode a reply's frames; raise ``MalformedReply`` if it is not one."""
     if len(frames) != REPLY_FRAMES:
         raise MalformedReply(f"wrong number of frames: {len(frames)}, expected 3")
-    status, replica, detail = (bytes(frame) for frame in frames)
+    status, replica, body = (bytes(frame) for frame in frames)
     if status not in STATUSES:
         raise MalformedReply(f"unknown status {status[:40]!r}")
     try:
-        return Reply(status.decode(), replica.decode("utf-8"), detail.decode("utf-8"))
+        return Reply(status.decode(), replica.decode("utf-8"), body)
     except UnicodeDecodeError:
-        raise MalformedReply("replica or detail is not valid UTF-8") from None
+        raise MalformedReply("replica name is not valid UTF-8") from None
+
+
+_FAILURES: Final[dict[str, type[ReplyError]]] = {
+    INVALID_MESSAGE_TEXT: InvalidRequest,
+    SERVER_ERROR_TEXT: ServerError,
+    SERVER_TIMEOUT_TEXT: ServerTimeout,
+}
+
+
+def body_of(reply: Reply) -> bytes:
+    """The body of a ``Server response``; for any other status, raise its ``ReplyError``."""
+    if reply.ok:
+        return reply.body
+    raise _FAILURES[reply.status](reply)
 
 
 def split_envelope(frames: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
@@ -223,7 +269,8 @@ def split_envelope(frames: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
 def respond(
     frames: Sequence[bytes], replica: bytes, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> tuple[list[bytes], Fault | None]:
-    """The reply to a request's frames, and its fault if it was malformed."""
+    """The default handler's reply to a request's frames (an empty body), and its fault if it
+    was malformed. The server's fast path: no ``Request`` is built."""
     fault = request_fault(frames, max_message_bytes)
     if fault is not None:
         return invalid_reply(replica, fault.reason), fault

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from reqrep import protocol
-from reqrep.protocol import MalformedReply, MalformedRequest, Reply, Request
+from reqrep.errors import (
+    InvalidRequest,
+    MalformedReply,
+    MalformedRequest,
+    ServerError,
+    ServerTimeout,
+)
+from reqrep.protocol import Reply, Request
 
 
 def test_well_formed_request_is_two_frames_and_parses_back() -> None:
@@ -41,10 +50,8 @@ def test_malformed_requests_carry_their_kind_and_a_reason(
     assert reason in str(raised.value)
 
 
-def test_the_cases_cover_every_fault_kind_but_the_servers_own_failure() -> None:
-    covered = {kind for _, kind, _ in MALFORMED}
-    assert covered | {protocol.INTERNAL_ERROR} == set(protocol.FAULT_KINDS)
-    assert protocol.INTERNAL_ERROR_FAULT.kind == protocol.INTERNAL_ERROR
+def test_the_cases_cover_every_fault_kind() -> None:
+    assert {kind for _, kind, _ in MALFORMED} == set(protocol.FAULT_KINDS)
 
 
 def test_size_limit_counts_every_frame() -> None:
@@ -64,11 +71,49 @@ def test_respond_gives_server_response_or_invalid_message_with_reason() -> None:
     assert reply[2].decode() == fault.reason
 
 
-def test_ok_and_invalid_replies_parse_back_to_what_was_built() -> None:
-    assert protocol.parse_reply(protocol.ok_reply(b"r1")) == Reply("Server response", "r1", "")
+def test_every_kind_of_reply_parses_back_to_what_was_built() -> None:
+    assert protocol.parse_reply(protocol.ok_reply(b"r1")) == Reply("Server response", "r1", b"")
+    assert protocol.parse_reply(protocol.ok_reply(b"r1", b"\x00\xffbody")).body == b"\x00\xffbody"
     parsed = protocol.parse_reply(protocol.invalid_reply(b"r2", "missing address"))
-    assert parsed == Reply("Invalid message", "r2", "missing address")
-    assert not parsed.ok
+    assert parsed == Reply("Invalid message", "r2", b"missing address")
+    assert (parsed.ok, parsed.detail) == (False, "missing address")
+    failed = protocol.parse_reply(protocol.error_reply(b"r3", ValueError("no such key: 42")))
+    assert failed == Reply("Server error", "r3", b"ValueError: no such key: 42")
+    late = protocol.parse_reply(protocol.timeout_reply(b"r4", 250))
+    assert late == Reply("Server timeout", "r4", b"handler did not finish within 250 ms")
+
+
+def test_the_four_statuses_are_distinct_and_only_one_is_ok() -> None:
+    assert len(set(protocol.STATUSES)) == 4
+    oks = [protocol.parse_reply([status, b"r", b""]).ok for status in protocol.STATUSES]
+    assert oks == [True, False, False, False]
+
+
+def test_an_error_detail_names_type_and_message_and_is_bounded() -> None:
+    assert protocol.describe_error(KeyError("k")) == "KeyError: 'k'"
+    assert protocol.describe_error(RuntimeError()) == "RuntimeError"
+    huge = protocol.error_reply(b"r", ValueError("é" * 5000))[2]
+    assert len(huge) <= protocol.MAX_DETAIL_BYTES
+    assert huge.endswith(b"...")
+    huge.decode("utf-8")  # cut on a character boundary
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (protocol.INVALID_MESSAGE, InvalidRequest),
+        (protocol.SERVER_ERROR, ServerError),
+        (protocol.SERVER_TIMEOUT, ServerTimeout),
+    ],
+)
+def test_body_of_gives_the_body_or_raises_the_statuss_error(
+    status: bytes, error: type[Exception]
+) -> None:
+    assert protocol.body_of(Reply("Server response", "r", b"data")) == b"data"
+    reply = protocol.parse_reply([status, b"r", b"why"])
+    with pytest.raises(error, match="why") as raised:
+        protocol.body_of(reply)
+    assert raised.value.reply == reply  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -102,15 +147,7 @@ def test_split_envelope_separates_routing_ids_and_delimiter_from_request(
     assert protocol.split_envelope(frames) == (envelope, body)
 
 
-def test_request_timeout_message_names_server_request_and_tries() -> None:
-    error = protocol.RequestTimeout(["tcp://localhost:5555"], "3", 4)
-    assert str(error) == "server at tcp://localhost:5555 did not answer request 3 after 4 tries"
-
-
-def test_a_timeout_is_not_a_protocol_error_but_both_are_reqrep_errors() -> None:
-    timeout = protocol.RequestTimeout(["tcp://localhost:5555"], "3", 4)
-    assert not isinstance(timeout, protocol.ProtocolError)
-    assert isinstance(timeout, protocol.ReqRepError)
-    for malformed in (MalformedReply("x"), MalformedRequest(protocol.INTERNAL_ERROR_FAULT)):
-        assert isinstance(malformed, protocol.ProtocolError)
-        assert isinstance(malformed, protocol.ReqRepError)
+def test_request_carries_the_servers_context_and_time_left() -> None:
+    request = Request("a", b"d", replica="r", peer="00ab", deadline=time.monotonic() + 5)
+    assert 4 < request.time_left_s <= 5
+    assert Request("a", b"d").time_left_s == float("inf")

@@ -6,7 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reqrep import protocol
-from reqrep.protocol import MalformedReply, MalformedRequest, Reply, Request
+from reqrep.errors import MalformedReply, MalformedRequest
+from reqrep.protocol import Reply, Request
 
 # Bounded so the whole file stays CI-sized (a few seconds); deadline off for a noisy machine.
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -119,9 +120,10 @@ def test_parse_reply_returns_a_reply_or_raises_malformed(message: list[bytes]) -
 
 
 @FUZZ
-@given(st.text(max_size=64), st.text(max_size=300))
-def test_replies_round_trip(replica: str, reason: str) -> None:
+@given(st.text(max_size=64), st.text(max_size=300), st.binary(max_size=300))
+def test_replies_round_trip(replica: str, reason: str, body: bytes) -> None:
     name = replica.encode("utf-8")
-    assert protocol.parse_reply(protocol.ok_reply(name)) == Reply("Server response", replica, "")
+    ok = protocol.parse_reply(protocol.ok_reply(name, body))
+    assert ok == Reply("Server response", replica, body)
     invalid = protocol.parse_reply(protocol.invalid_reply(name, reason))
-    assert invalid == Reply("Invalid message", replica, reason)
+    assert (invalid.status, invalid.replica, invalid.detail) == ("Invalid message", replica, reason)
