@@ -1,6 +1,6 @@
 """CurveZMQ keys: generate them, and load them for the server and the client.
 
-The command line is the top-level ``keys.py``:
+The command line is ``reqrep keys`` (the top-level ``keys.py``):
 
     python3 keys.py generate --dir keys server
     python3 keys.py generate --dir keys --authorize keys/authorized client1 client2
@@ -33,15 +33,14 @@ import zmq
 import zmq.auth
 from zmq.auth.asyncio import AsyncioAuthenticator
 
+from reqrep.errors import CurveKeyError
+
 logger = logging.getLogger(__name__)
 
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
+KEYS_DIR_ENV = "CURVE_KEYS_DIR"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-class CurveKeyError(ValueError):
-    """A key file that is missing, unreadable or not the kind expected."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +111,18 @@ class ClientCurve:
 
 
 def check_authorized_keys(directory: str | os.PathLike[str]) -> int:
-    """How many public certificates ``directory`` holds; raise if it is not a directory."""
+    """How many public certificates ``directory`` holds; ``CurveKeyError`` if it is not a
+    directory, or holds none (every client would be refused)."""
     path = Path(directory)
     if not path.is_dir():
         raise CurveKeyError(f"authorized keys directory {directory} does not exist")
-    return sum(1 for _ in path.glob(f"*{PUBLIC_SUFFIX}"))
+    count = sum(1 for _ in path.glob(f"*{PUBLIC_SUFFIX}"))
+    if count == 0:
+        raise CurveKeyError(
+            f"no client public key (*{PUBLIC_SUFFIX}) in {directory}: every client would be "
+            f"refused; add one with `python3 keys.py generate --authorize {directory} NAME`"
+        )
+    return count
 
 
 def generate(directory: Path, names: Sequence[str], authorize: Path | None = None) -> list[Path]:

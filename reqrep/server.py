@@ -1,127 +1,212 @@
-"""The asyncio ZeroMQ server: the REP side of the request/reply pattern.
+"""The asyncio ZeroMQ server: the REP side of the request/reply pattern, around a handler.
+
+    async with Server(echo, ServerConfig(bind=("tcp://*:5555",))) as server:
+        await server.serve_forever()
+
+A replica validates each request's envelope (``reqrep.protocol``), hands a
+well-formed one to its handler (``reqrep.handlers``) and sends exactly one reply
+whatever the handler does: its body (``Server response``), ``Server error`` with
+the exception's type and message when it raises (the traceback goes to the log),
+``Server timeout`` when it runs past ``handler_timeout_ms``. ``Answerer`` is that
+per-request boundary.
 
 By default a replica serves REQ clients from a ROUTER socket, so many requests
-are in flight at once (bounded by ``max_inflight``); ``socket_type="rep"`` is
-the textbook REP socket that handles one request at a time. Every request is
-answered by ``Answerer.answer`` (``Server.answer``), over the pure protocol in ``reqrep.protocol``.
+are in flight at once; ``socket_type="rep"`` is the textbook REP socket that
+handles one request at a time. The path a handler takes is decided once, when
+the server is made; there is one loop per path:
 
-There is one loop per socket mode:
-
-- ``_serve_rep``: REP, one request at a time;
-- ``_serve_router_inline``: ROUTER, no work to wait for, answers inline (the
-  fast path; while busy, ``answer_while_busy`` answers synchronously);
-- ``_serve_router_tasks``: ROUTER with ``work_ms``, one task per request.
+- ``_serve_router_inline``: ROUTER, a synchronous handler called in the event
+  loop (the default handler's fast path is one of these; while requests keep
+  coming ``answer_while_busy`` answers them synchronously);
+- ``_serve_router_tasks``: ROUTER, an async handler, or a synchronous one in a
+  thread pool (``threads``): one task per request, at most ``max_inflight``;
+- ``_serve_rep``: REP, one request at a time, whatever the handler.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import concurrent.futures
 import logging
 import signal
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
-from time import perf_counter_ns
-from typing import Any
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Final
 
 import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
-from reqrep import keys, protocol
+from reqrep import events, handlers, keys, protocol
 from reqrep.config import ServerConfig, heartbeat_options
+from reqrep.errors import BindError, ConfigError
 from reqrep.frames import recv_wait, send_now
+from reqrep.handlers import Handler, Prepared
 from reqrep.metrics import ServerMetrics
+from reqrep.metrics_http import MetricsEndpoint
+from reqrep.protocol import Request
 
 logger = logging.getLogger(__name__)
 
-# Router mode without work, under load: how long to wait for the next request
-# before waiting in the event loop again, and how often the event loop gets a
-# turn while requests keep coming.
-BUSY_WAIT_MS = 1
-BUSY_TURN_S = 0.005
-SOCKET_TYPES = {"router": zmq.ROUTER, "rep": zmq.REP}
+# Router mode inline, under load: how long to wait for the next request before
+# waiting in the event loop again, and how often the event loop gets a turn
+# while requests keep coming.
+BUSY_WAIT_MS: Final = 1
+BUSY_TURN_S: Final = 0.005
+# After the grace period, requests still in flight are cancelled and answered
+# ``Server error``; their replies get this long to leave before the socket closes.
+LAST_REPLIES_LINGER_MS: Final = 500
+HANDLER_THREAD_PREFIX: Final = "reqrep-handler"
+SOCKET_TYPES: Final = {"router": zmq.ROUTER, "rep": zmq.REP}
+
+Answer = Callable[[list[bytes], bytes], list[bytes]]
+AnswerAsync = Callable[[list[bytes], bytes], Awaitable[list[bytes]]]
 
 
 class Server:
-    """One replica: binds its socket, answers requests until told to stop."""
+    """One replica: binds its socket, answers requests with ``handler`` until stopped.
 
-    def __init__(self, config: ServerConfig, context: zmq.asyncio.Context) -> None:
+    ``handler`` is a callable (``reqrep.handlers``), a ``module:attr`` string, or None
+    for ``config.handler``. As an async context manager the server binds and starts
+    serving on entry; on exit it stops taking requests, lets those in flight finish
+    within ``config.grace_s`` and closes. ``context``: a ZeroMQ asyncio context to
+    use (the caller's to terminate); by default the server makes and ends its own.
+    """
+
+    def __init__(
+        self,
+        handler: Handler | Prepared | str | None = None,
+        config: ServerConfig | None = None,
+        *,
+        context: zmq.asyncio.Context | None = None,
+    ) -> None:
+        config = ServerConfig() if config is None else config
         if config.socket_type not in SOCKET_TYPES:
-            raise ValueError(f"socket_type must be 'router' or 'rep', not {config.socket_type!r}")
+            raise ConfigError(f"socket_type must be 'router' or 'rep', not {config.socket_type!r}")
         self.config = config
-        self._context = context
-        self._work_s = config.work_ms / 1000
-        self._socket: zmq.asyncio.Socket | None = None
+        self.handler = resolve_handler(handler, config)
+        self._own_context = context is None
+        self._context = zmq.asyncio.Context() if context is None else context
+        self._bound: Bound | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._inflight = asyncio.Semaphore(config.max_inflight)
-        self._authenticator: AsyncioAuthenticator | None = None
+        self._stop = asyncio.Event()
+        self._serving: asyncio.Task[None] | None = None
         self.endpoints: list[str] = []
         # Prometheus metrics (reqrep.metrics) when a port is configured; None: off.
         self.metrics: ServerMetrics | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
         if config.metrics_port is not None:
             self.metrics = ServerMetrics(lambda: self.requests_served, config.name)
-        self.answerer = Answerer(config.name.encode(), config.max_message_bytes, self.metrics)
-        self.answer = self.answerer.answer
+            self._metrics_endpoint = MetricsEndpoint(self.metrics)
+        self.answerer = Answerer(config, self.handler, self.metrics)
 
     @property
     def requests_served(self) -> int:
         return self.answerer.served
 
-    def bind(self) -> list[str]:
-        """Create and bind the socket; return the endpoints actually bound."""
-        self._bind_socket()
-        return list(self.endpoints)
+    @property
+    def metrics_port(self) -> int | None:
+        """The port /metrics is served on once started (the one picked, for port 0)."""
+        return None if self._metrics_endpoint is None else self._metrics_endpoint.port
 
-    def _bind_socket(self) -> zmq.asyncio.Socket:
-        self._socket, self._authenticator, self.endpoints = open_socket(self._context, self.config)
-        return self._socket
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
 
-    def _stop_authenticator(self) -> None:
-        if self._authenticator is not None:
-            self._authenticator.stop()
-            self._authenticator = None
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.stop()
+        await self.wait_closed()
 
-    async def serve(self, stop: asyncio.Event) -> None:
-        """Answer requests until ``stop`` is set, then drain and close."""
-        sock = self._socket if self._socket is not None else self._bind_socket()
+    async def start(self) -> None:
+        """Bind, serve metrics if asked, and start answering; raises ``StartError`` (and
+        ``CurveKeyError``) having left nothing open when any of that fails."""
+        try:
+            bound = self._bound = open_socket(self._context, self.config)
+            if self._metrics_endpoint is not None and self.config.metrics_port is not None:
+                self._metrics_endpoint.start(self.config.metrics_port, asyncio.get_running_loop())
+        except BaseException:
+            self._release()
+            if self._own_context:
+                self._context.term()  # no socket is left open: at once
+            raise
+        self.endpoints = bound.endpoints
+        if self.config.threads > 0 and not self.handler.asynchronous:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                self.config.threads, thread_name_prefix=HANDLER_THREAD_PREFIX
+            )
+        self.answerer.use_executor(self._executor)
         config = self.config
         logger.info(
-            "Server %s serving on %s (socket=%s, max_inflight=%d, work_ms=%g)",
-            *(config.name, ", ".join(self.endpoints), config.socket_type),
-            *(config.max_inflight, config.work_ms),
+            "Server %s serving on %s (handler=%s%s, socket=%s, max_inflight=%d)",
+            *(config.name, ", ".join(self.endpoints), self.handler.name),
+            f", threads={config.threads}" if self._executor is not None else "",
+            *(config.socket_type, config.max_inflight),
         )
-        receiver = StoppableReceiver(sock, stop)
+        self._serving = asyncio.create_task(self._serve(bound))
+
+    def stop(self) -> None:
+        """Stop taking requests; those in flight get ``grace_s`` to finish."""
+        self._stop.set()
+
+    async def serve_forever(self) -> None:
+        """Answer requests until the server is stopped (``stop()``, e.g. on a signal: see
+        ``stop_on_signals``), has drained and is closed."""
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        """Wait until the server has stopped, drained and closed its socket."""
+        if self._serving is None:
+            raise RuntimeError("the server was never started: use `async with` or start()")
+        await asyncio.shield(self._serving)
+
+    async def _serve(self, bound: Bound) -> None:
+        receiver = StoppableReceiver(bound.socket, self._stop)
+        watcher = asyncio.create_task(watch_connections(bound.monitor, self.metrics))
         try:
-            async with self._metrics_serving(sock):
-                if config.socket_type == "rep":
-                    await self._serve_rep(sock, receiver)
-                elif self._work_s > 0:
-                    await self._serve_router_tasks(sock, receiver)
-                else:
-                    await self._serve_router_inline(sock, receiver)
+            await self._loop()(bound.socket, receiver)
         finally:
             receiver.close()
-            await close_after_drain(sock, self._tasks, self.config.grace_s)
-            self._socket = None
-            self._stop_authenticator()
-            logger.info("Server %s stopped after %d request(s)", config.name, self.requests_served)
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+            linger_ms = await drain(self._tasks, self.config.grace_s)
+            self._release(linger_ms)
+            if self._own_context:  # last, and off the event loop: it waits for the linger
+                await asyncio.to_thread(self._context.term)
+            logger.info(
+                "Server %s stopped after %d request(s)", self.config.name, self.requests_served
+            )
 
-    def _metrics_serving(self, sock: zmq.asyncio.Socket) -> AbstractAsyncContextManager[None]:
-        port = self.config.metrics_port
-        if self.metrics is None or port is None:
-            return contextlib.nullcontext()
-        return self.metrics.serving(sock, port)
+    def _loop(self) -> Callable[[zmq.asyncio.Socket, StoppableReceiver], Awaitable[None]]:
+        """The serving loop for this socket mode and handler path (decided once)."""
+        if self.config.socket_type == "rep":
+            return self._serve_rep
+        if self.answerer.inline:
+            return self._serve_router_inline
+        return self._serve_router_tasks
+
+    def _release(self, linger_ms: int = 0) -> None:
+        """Close what start() opened, but the context: the socket last, with ``linger_ms``."""
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.stop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        if self._bound is not None:
+            self._bound.close(linger_ms)
+            self._bound = None
 
     async def _serve_rep(self, sock: zmq.asyncio.Socket, receiver: StoppableReceiver) -> None:
+        answer = self.answerer.answer_async_or_inline()
         while not receiver.stopped:
             request = await receiver.receive()
             if request is None:
                 return
-            started = perf_counter_ns()
-            reply, valid = self.answer(request, "-")
-            if valid and self._work_s > 0:
-                await asyncio.sleep(self._work_s)
+            started = time.perf_counter_ns()
+            reply = await answer(request, b"")
             if self.metrics is not None:
                 self.metrics.handled(started)
             await sock.send_multipart(reply)
@@ -134,7 +219,7 @@ class Server:
         sync_sock: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
         clock = asyncio.get_running_loop().time
         # With metrics on, each answer is timed (reqrep.metrics: the one per-request cost).
-        answer: Callable[[list[bytes]], list[bytes]] = self.answerer.answer_routed
+        answer = self.answerer.routed(self.answerer.inline_answer())
         if self.metrics is not None:
             answer = self.metrics.timed(answer)
         while not receiver.stopped:
@@ -149,37 +234,85 @@ class Server:
     async def _serve_router_tasks(
         self, sock: zmq.asyncio.Socket, receiver: StoppableReceiver
     ) -> None:
+        sync_sock: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
+        answer = self.answerer.answer_async
         while not receiver.stopped:
             await self._inflight.acquire()
             frames = None if receiver.stopped else await receiver.receive()
             if frames is None:
                 self._inflight.release()
                 return
-            task = asyncio.create_task(self._work_and_answer(sock, frames, perf_counter_ns()))
+            started = time.perf_counter_ns()
+            task = asyncio.create_task(self._answer_task(sync_sock, answer, frames, started))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _work_and_answer(
-        self, sock: zmq.asyncio.Socket, frames: list[bytes], started_ns: int
+    async def _answer_task(
+        self, sock: zmq.Socket[bytes], answer: AnswerAsync, frames: list[bytes], started_ns: int
     ) -> None:
-        """Router mode with work: validate, do the work if valid, send the reply."""
+        """One request in its own task: exactly one reply, sent without another await."""
         try:
             envelope, request = protocol.split_envelope(frames)
-            reply, valid = self.answer(request, envelope[0])
-            if valid:
-                await asyncio.sleep(self._work_s)
+            reply = await answer(request, envelope[0])
             if self.metrics is not None:
                 self.metrics.handled(started_ns)
-            await sock.send_multipart(envelope + reply)
+            send_now(sock, envelope + reply)
         finally:
             self._inflight.release()
 
 
-def open_socket(
-    context: zmq.asyncio.Context, config: ServerConfig
-) -> tuple[zmq.asyncio.Socket, AsyncioAuthenticator | None, list[str]]:
-    """A replica's socket, set up and bound: (socket, CURVE authenticator, endpoints bound)."""
+def resolve_handler(handler: Handler | Prepared | str | None, config: ServerConfig) -> Prepared:
+    """The handler a server runs: given, named by ``config.handler``, or ``--work-ms``'s.
+
+    ``HandlerLoadError`` for a handler that cannot be loaded, ``ConfigError`` for one
+    given twice or that cannot run as configured.
+    """
+    named = config.handler != handlers.DEFAULT
+    if isinstance(handler, Prepared):
+        prepared = handler
+    elif config.work_ms > 0:
+        if handler is not None or named:
+            raise ConfigError("work_ms is a shortcut for the built-in Work handler: not both")
+        prepared = handlers.prepare(handlers.Work(config.work_ms), f"work_ms={config.work_ms:g}")
+    elif handler is None:
+        prepared = handlers.load(config.handler)
+    elif named:
+        raise ConfigError(f"two handlers given: {handler!r} and config.handler {config.handler!r}")
+    elif isinstance(handler, str):
+        prepared = handlers.load(handler)
+    else:
+        prepared = handlers.prepare(handler)
+    if config.threads > 0 and prepared.asynchronous:
+        raise ConfigError(
+            f"--threads is for synchronous handlers, and {prepared.name} is async: "
+            "it runs in the event loop"
+        )
+    return prepared
+
+
+@dataclass
+class Bound:
+    """A replica's socket, set up and bound, with its monitor and CURVE authenticator."""
+
+    socket: zmq.asyncio.Socket
+    monitor: zmq.asyncio.Socket
+    authenticator: AsyncioAuthenticator | None
+    endpoints: list[str]
+
+    def close(self, linger_ms: int = 0) -> None:
+        """Close the monitor, the socket (``linger_ms`` for replies queued) and ZAP."""
+        if not self.socket.closed:
+            self.socket.disable_monitor()
+        self.monitor.close(linger=0)
+        self.socket.close(linger=linger_ms)
+        if self.authenticator is not None:
+            self.authenticator.stop()
+
+
+def open_socket(context: zmq.asyncio.Context, config: ServerConfig) -> Bound:
+    """A replica's socket, set up, monitored (from before it binds) and bound."""
     sock = context.socket(SOCKET_TYPES[config.socket_type])
+    monitor = sock.get_monitor_socket(events.SERVER_WATCHED)
     authenticator = None
     try:
         sock.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
@@ -189,24 +322,28 @@ def open_socket(
         authenticator = keys.secure_server(
             sock, context, config.curve_secret_key, config.curve_authorized_keys
         )
-        endpoints = []
-        for endpoint in config.bind:
-            sock.bind(endpoint)
-            endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        endpoints = [bind(sock, endpoint) for endpoint in config.bind]
     except BaseException:
-        sock.close(linger=0)
-        if authenticator is not None:
-            authenticator.stop()
+        Bound(sock, monitor, authenticator, []).close()
         raise
-    return sock, authenticator, endpoints
+    return Bound(sock, monitor, authenticator, endpoints)
 
 
-async def close_after_drain(
-    sock: zmq.asyncio.Socket, tasks: set[asyncio.Task[None]], grace_s: float
-) -> None:
-    """Let the requests in flight finish within ``grace_s``, then close the socket.
+def bind(sock: zmq.Socket[Any], endpoint: str) -> str:
+    """Bind ``endpoint``; the endpoint bound (the port picked, for ``*``); ``BindError`` if not."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as error:
+        raise BindError(f"Cannot serve on {endpoint}: {error.strerror}") from None
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
-    Replies already queued get the rest of the grace period to leave (linger).
+
+async def drain(tasks: set[asyncio.Task[None]], grace_s: float) -> int:
+    """Let the requests in flight finish within ``grace_s``; the linger for the socket.
+
+    What is still running then is cancelled, and each of those requests is answered
+    ``Server error`` (``Answerer``); replies already queued get the rest of the grace
+    period, at least LAST_REPLIES_LINGER_MS, to leave.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace_s
@@ -214,51 +351,198 @@ async def close_after_drain(
     if pending:
         logger.info("Stopping: finishing %d request(s) in flight", len(pending))
         _, pending = await asyncio.wait(pending, timeout=grace_s)
-        for task in pending:
-            task.cancel()
         if pending:
-            logger.warning("Grace period over: %d request(s) left unanswered", len(pending))
-    sock.close(linger=max(0, int((deadline - loop.time()) * 1000)))
+            logger.warning(
+                "Grace period over: %d request(s) still running are answered Server error",
+                len(pending),
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=LAST_REPLIES_LINGER_MS / 1000)
+    return max(LAST_REPLIES_LINGER_MS, int((deadline - loop.time()) * 1000))
+
+
+async def watch_connections(monitor: zmq.asyncio.Socket, metrics: ServerMetrics | None) -> None:
+    """Follow the socket's connections through its monitor until cancelled: peers for the
+    metrics, and every refused handshake logged (why) and counted."""
+    while True:
+        event = events.parse(await monitor.recv_multipart())
+        refused = events.refusal(event)
+        if metrics is not None:
+            metrics.connection_event(event, refused)
+        if refused is not None:
+            logger.warning("Refused a client's handshake: %s", refused.reason)
 
 
 class Answerer:
-    """What a replica says to each request: the reply, the error log line, the counts."""
+    """The per-request boundary: every request gets exactly one reply.
+
+    What a replica says to each request, the error log line, the counts: a
+    malformed one is answered ``Invalid message`` (logged at ERROR, counted by
+    fault kind); a well-formed one goes to the handler, and whatever it does (a
+    body, an exception, too long a run, being cancelled by a stop) becomes one reply.
+    """
 
     def __init__(
-        self, name: bytes, max_message_bytes: int, metrics: ServerMetrics | None = None
+        self, config: ServerConfig, handler: Prepared, metrics: ServerMetrics | None = None
     ) -> None:
-        self._name = name
-        self._max_message_bytes = max_message_bytes
+        self._replica = config.name
+        self._name = config.name.encode()
+        self._max_message_bytes = config.max_message_bytes
+        self._timeout_s = config.handler_timeout_ms / 1000
+        self._timeout_ms = config.handler_timeout_ms
+        self._handler = handler
+        self._call_async: Callable[[Request], Awaitable[object]] | None = (
+            handlers.async_call(handler) if handler.asynchronous else None
+        )
         self._debug = logger.isEnabledFor(logging.DEBUG)
         self.metrics = metrics
         self.served = 0
 
-    def answer(self, request: list[bytes], peer: bytes | str) -> tuple[list[bytes], bool]:
-        """The reply to one request and whether it was valid: the per-request error boundary.
+    @property
+    def inline(self) -> bool:
+        """A synchronous handler called in the event loop (no thread pool)."""
+        return self._call_async is None
 
-        ``peer`` names the sender in the log (a ROUTER routing id, or "-").
-        """
+    def use_executor(self, executor: concurrent.futures.Executor | None) -> None:
+        """Run the synchronous handler in ``executor`` (a thread pool), awaited as if async."""
+        if executor is None:
+            return
+        call = handlers.sync_call(self._handler)
+
+        def in_pool(request: Request) -> Awaitable[object]:
+            return asyncio.get_running_loop().run_in_executor(executor, call, request)
+
+        self._call_async = in_pool
+
+    def inline_answer(self) -> Answer:
+        """The synchronous answer function for this handler: the default's fast path or not."""
+        if self._handler.is_default:
+            return self.answer_default
+        return self.answer_sync
+
+    def answer_async_or_inline(self) -> AnswerAsync:
+        """An awaitable answer function whatever the handler (REP mode: one at a time)."""
+        if self._call_async is not None:
+            return self.answer_async
+        answer = self.inline_answer()
+
+        async def answer_now(request: list[bytes], peer: bytes) -> list[bytes]:
+            return answer(request, peer)
+
+        return answer_now
+
+    def routed(self, answer: Answer) -> Callable[[list[bytes]], list[bytes]]:
+        """``answer`` over ROUTER messages: the routed reply out, envelope echoed in front."""
+
+        def answer_routed(frames: list[bytes]) -> list[bytes]:
+            envelope, request = protocol.split_envelope(frames)
+            return envelope + answer(request, envelope[0])
+
+        return answer_routed
+
+    # -- the three ways to answer ------------------------------------------------
+
+    def answer_default(self, frames: list[bytes], peer: bytes) -> list[bytes]:
+        """The default handler's reply (an empty body), without building a ``Request``."""
         self.served += 1
         if self._debug:
             logger.debug("Request received from peer %s", _peer_label(peer))
+        reply, fault = protocol.respond(frames, self._name, self._max_message_bytes)
+        if fault is not None:
+            self._log_invalid(fault, peer)
+        return reply
+
+    def answer_sync(self, frames: list[bytes], peer: bytes) -> list[bytes]:
+        """A synchronous handler's reply, the handler called here and now."""
+        checked = self._check(frames, peer)
+        if not isinstance(checked, Request):
+            return checked
         try:
-            reply, fault = protocol.respond(request, self._name, self._max_message_bytes)
-        except Exception:
-            logger.error("Failed to handle a request from %s", _peer_label(peer), exc_info=True)
-            fault = protocol.INTERNAL_ERROR_FAULT
-            reply = protocol.invalid_reply(self._name, fault.reason)
-        else:
-            if fault is None:
-                return reply, True
-            logger.error("Invalid message from peer %s: %s", _peer_label(peer), fault.reason)
+            body = handlers.as_body(self._handler.handler(checked))
+        except Exception as error:
+            return self._failed(error, checked)
+        if time.monotonic() > checked.deadline:
+            return self._timed_out(checked)
+        return [protocol.SERVER_RESPONSE, self._name, body]
+
+    async def answer_async(self, frames: list[bytes], peer: bytes) -> list[bytes]:
+        """An async (or thread-pooled) handler's reply, awaited within the handler timeout."""
+        checked = self._check(frames, peer)
+        if not isinstance(checked, Request):
+            return checked
+        call = self._call_async
+        if call is None:  # pragma: no cover - only async paths get here
+            raise RuntimeError("no awaitable handler")
+        try:
+            async with asyncio.timeout(self._timeout_s) as timeout:
+                body = handlers.as_body(await call(checked))
+        except TimeoutError as error:
+            if timeout.expired():
+                return self._timed_out(checked)
+            return self._failed(error, checked)
+        except asyncio.CancelledError as error:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                return self._cancelled(checked)
+            return self._failed(error, checked)  # the handler's own, not a stop
+        except Exception as error:
+            return self._failed(error, checked)
+        return [protocol.SERVER_RESPONSE, self._name, body]
+
+    # -- what each outcome says, logs and counts ------------------------------------
+
+    def _check(self, frames: list[bytes], peer: bytes) -> Request | list[bytes]:
+        """The request for the handler, or the ``Invalid message`` reply if it is malformed."""
+        self.served += 1
+        if self._debug:
+            logger.debug("Request received from peer %s", _peer_label(peer))
+        fault = protocol.request_fault(frames, self._max_message_bytes)
+        if fault is not None:
+            self._log_invalid(fault, peer)
+            return protocol.invalid_reply(self._name, fault.reason)
+        return Request(
+            address=bytes(frames[0]).decode("utf-8"),
+            data=bytes(frames[1]),
+            replica=self._replica,
+            peer=peer.hex(),
+            deadline=time.monotonic() + self._timeout_s,
+        )
+
+    def _log_invalid(self, fault: protocol.Fault, peer: bytes) -> None:
+        logger.error("Invalid message from peer %s: %s", _peer_label(peer), fault.reason)
         if self.metrics is not None:
             self.metrics.count_invalid(fault.kind)
-        return reply, False
 
-    def answer_routed(self, frames: list[bytes]) -> list[bytes]:
-        """A ROUTER message in, the routed reply out (envelope echoed in front)."""
-        envelope, request = protocol.split_envelope(frames)
-        return envelope + self.answer(request, envelope[0])[0]
+    def _failed(self, error: BaseException, request: Request) -> list[bytes]:
+        logger.error(
+            "Handler %s raised on a request from %s (peer %s)",
+            *(self._handler.name, request.address, request.peer or "-"),
+            exc_info=error,
+        )
+        if self.metrics is not None:
+            self.metrics.count_error(type(error).__name__)
+        return protocol.error_reply(self._name, error)
+
+    def _timed_out(self, request: Request) -> list[bytes]:
+        logger.error(
+            "Handler %s did not finish within %g ms on a request from %s (peer %s)",
+            *(self._handler.name, self._timeout_ms, request.address, request.peer or "-"),
+        )
+        if self.metrics is not None:
+            self.metrics.count_timeout()
+        return protocol.timeout_reply(self._name, self._timeout_ms)
+
+    def _cancelled(self, request: Request) -> list[bytes]:
+        logger.warning(
+            "Stopping: the handler's run on a request from %s (peer %s) was cancelled",
+            request.address,
+            request.peer or "-",
+        )
+        error = asyncio.CancelledError("the replica stopped before the handler finished")
+        if self.metrics is not None:
+            self.metrics.count_error(type(error).__name__)
+        return protocol.error_reply(self._name, error)
 
 
 class StoppableReceiver:
@@ -321,8 +605,8 @@ def answer_while_busy(
     their own timeout, so it is reset on the way out), instead of a future and
     an event-loop wake-up per message (the profile's biggest cost after the
     frame I/O). That wait blocks the event loop, which has nothing else to do
-    in this mode but signals, stop and CURVE's ZAP handler; they get a turn at
-    least every BUSY_TURN_S.
+    in this mode but signals, stop, metrics scrapes and CURVE's ZAP handler;
+    they get a turn at least every BUSY_TURN_S.
 
     Returns False once no message came for BUSY_WAIT_MS (the next one is then
     awaited in the event loop), True when the event loop's turn is due.
@@ -342,12 +626,12 @@ def answer_while_busy(
         sock.setsockopt(zmq.RCVTIMEO, -1)
 
 
-def _peer_label(peer: bytes | str) -> str:
-    return peer.hex() if isinstance(peer, bytes) else peer
+def _peer_label(peer: bytes) -> str:
+    return peer.hex() if peer else "-"
 
 
-def stop_on_signals(stop: asyncio.Event, delay_s: float) -> None:
-    """Set ``stop`` on SIGTERM or SIGINT: after ``delay_s`` the first time, at once the second.
+def stop_on_signals(server: Server, delay_s: float) -> None:
+    """Stop ``server`` on SIGTERM or SIGINT: after ``delay_s`` the first time, at once the second.
 
     During the delay the replica goes on answering, new connections included, so a
     balancer that finds replicas by DNS (swarm, compose, Kubernetes) has time to stop
@@ -360,23 +644,37 @@ def stop_on_signals(stop: asyncio.Event, delay_s: float) -> None:
         if delayed or delay_s <= 0:
             if delayed:
                 logger.info("%s again: stopping now", signum.name)
-            stop.set()
+            server.stop()
             return
         logger.info("%s: still answering for %g s, then stopping", signum.name, delay_s)
-        delayed.append(loop.call_later(delay_s, stop.set))
+        delayed.append(loop.call_later(delay_s, server.stop))
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
 
 
-async def run(config: ServerConfig) -> None:
+def serve(handler: Handler | str | None = None, *bind: str, **settings: Any) -> Server:
+    """A server for ``handler`` bound to ``bind`` (default ``tcp://*:5555``), to use as
+    ``async with serve(echo, "tcp://*:5555") as server: await server.serve_forever()``.
+
+    ``settings`` are ``ServerConfig`` fields, e.g. ``threads=4`` or ``name="replica-1"``.
+    """
+    config = replace(ServerConfig(), **settings)
+    if bind:
+        config = replace(config, bind=tuple(bind))
+    return Server(handler, config)
+
+
+async def run(config: ServerConfig, handler: Handler | Prepared | str | None = None) -> None:
     """Serve until SIGTERM or SIGINT (after ``shutdown_delay_s``), then drain and exit."""
-    stop = asyncio.Event()
-    stop_on_signals(stop, config.shutdown_delay_s)
-    context = zmq.asyncio.Context()
-    try:
-        server = Server(config, context)
-        server.bind()
-        await server.serve(stop)
-    finally:
-        context.term()
+    async with Server(handler, config) as server:
+        stop_on_signals(server, config.shutdown_delay_s)
+        await server.serve_forever()
+
+
+def handler_threads_running() -> int:
+    """Handler threads still busy (a blocking handler a stop could not interrupt)."""
+    return sum(
+        thread.is_alive() and thread.name.startswith(HANDLER_THREAD_PREFIX)
+        for thread in threading.enumerate()
+    )

@@ -5,7 +5,6 @@ Helpers that are not fixtures live in tests/support.py.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
@@ -17,6 +16,7 @@ import zmq.asyncio
 
 from reqrep.client import Client
 from reqrep.config import ClientConfig, ServerConfig
+from reqrep.handlers import Handler
 from reqrep.server import Server
 from tests.support import LOOPBACK, RunningServer, terminate
 
@@ -37,16 +37,14 @@ def sync_context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
 
 @pytest.fixture
 async def start_server(context: zmq.asyncio.Context) -> AsyncIterator[Callable[..., Any]]:
-    """``await start_server(work_ms=100, ...)``: a server on a random loopback port."""
+    """``await start_server(handler, work_ms=100, ...)``: a server on a random loopback port."""
     running: list[RunningServer] = []
 
-    async def start(**overrides: Any) -> RunningServer:
+    async def start(handler: Handler | None = None, **overrides: Any) -> RunningServer:
         config = replace(ServerConfig(bind=(LOOPBACK,), name="test-replica"), **overrides)
-        server = Server(config, context)
-        server.bind()
-        stop = asyncio.Event()
-        task = asyncio.create_task(server.serve(stop))
-        handle = RunningServer(server, task, stop)
+        server = Server(handler, config, context=context)
+        await server.start()
+        handle = RunningServer(server)
         running.append(handle)
         return handle
 

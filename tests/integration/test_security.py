@@ -14,10 +14,10 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-import keys as keys_cli
 from reqrep import keys, protocol
 from reqrep.client import Client
-from reqrep.protocol import RequestTimeout
+from reqrep.commands import keys as keys_cli
+from reqrep.errors import CurveKeyError, RequestTimeout
 from reqrep.stack import LocalStack
 from tests.support import needs_nginx, run_script
 
@@ -86,9 +86,9 @@ def test_keys_command_writes_private_secrets_and_never_overwrites(tmp_path: Path
     before = (directory / "c1.key_secret").read_bytes()
     assert keys_cli.main(["generate", "--dir", str(directory), "c1"]) == 1
     assert (directory / "c1.key_secret").read_bytes() == before
-    with pytest.raises(keys.CurveKeyError, match="no secret key"):
+    with pytest.raises(CurveKeyError, match="no secret key"):
         keys.load_key_pair(directory / "c1.key")
-    with pytest.raises(keys.CurveKeyError, match="cannot read"):
+    with pytest.raises(CurveKeyError, match="cannot read"):
         keys.load_key_pair(directory / "missing.key_secret")
     assert keys_cli.main(["generate", "--dir", str(directory), "../escape"]) == 1
 
@@ -242,26 +242,33 @@ async def test_bad_client_key_files_are_reported_clearly(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
-    ("args", "complaint"),
+    ("args", "status", "complaint"),
     [
-        (["--curve-secret-key", "{public}"], "no secret key"),
-        (["--curve-secret-key", "{missing}"], "cannot read CURVE certificate"),
-        (["--curve-authorized-keys", "{authorized}"], "needs --curve-secret-key"),
+        (["--curve-secret-key", "{public}"], 1, "Cannot set up CURVE: "),
+        (["--curve-secret-key", "{missing}"], 1, "Cannot set up CURVE: cannot read CURVE"),
+        (["--curve-authorized-keys", "{authorized}"], 2, "needs --curve-secret-key"),
         (
             ["--curve-secret-key", "{secret}", "--curve-authorized-keys", "{missing}"],
-            "does not exist",
+            1,
+            "Cannot set up CURVE: authorized keys directory",
+        ),
+        (
+            ["--curve-secret-key", "{secret}", "--curve-authorized-keys", "{empty}"],
+            1,
+            "Cannot set up CURVE: no client public key (*.key) in",
         ),
     ],
-    ids=["public-half", "missing-file", "keys-without-secret", "missing-directory"],
+    ids=["public-half", "missing-file", "keys-without-secret", "missing-directory", "no-keys"],
 )
-async def test_bad_server_key_settings_stop_it_with_status_1(
-    tmp_path: Path, curve_keys: Keys, args: list[str], complaint: str
+async def test_bad_server_key_settings_stop_it_at_once(
+    tmp_path: Path, curve_keys: Keys, args: list[str], status: int, complaint: str
 ) -> None:
     paths = {
         "public": str(curve_keys.server_public),
         "secret": str(curve_keys.server_secret),
         "authorized": str(curve_keys.authorized_dir),
         "missing": str(tmp_path / "missing"),
+        "empty": str(tmp_path),
     }
     done = await run_script(
         "server.py",
@@ -269,6 +276,6 @@ async def test_bad_server_key_settings_stop_it_with_status_1(
         *(arg.format(**paths) for arg in args),
         timeout_s=TIMEOUT_S,
     )
-    assert done.status == 1
-    assert "Cannot set up CURVE" in done.stderr
+    assert done.status == status
     assert complaint in done.stderr
+    assert "Traceback" not in done.stderr

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +17,12 @@ import zmq.asyncio
 
 from reqrep import protocol
 from reqrep.client import Client
+from reqrep.config import ClientConfig
+from reqrep.errors import ServerError, ServerTimeout
+from reqrep.protocol import Request
+from reqrep.server import serve
 from reqrep.stack import LocalStack
-from tests.support import run_script
+from tests.support import run_script, wait_for_log
 
 TIMEOUT_S = 10.0
 
@@ -111,7 +117,7 @@ async def test_rep_mode_drops_a_message_without_delimiter_and_keeps_serving(
     finally:
         dealer.close(linger=0)
     assert reply.ok
-    assert not server.task.done()
+    assert server.server.requests_served == 1
 
 
 async def _concurrent_round(
@@ -222,7 +228,7 @@ async def test_sigterm_drains_in_flight_requests_and_exits_zero(
                 asyncio.create_task(c.request(protocol.encode_request(f"c{i}", b"x")))
                 for i, c in enumerate(pool)
             ]
-            await replica.wait_for_log("Request received", count=5)
+            await wait_for_log(replica, "Request received", count=5)
             started = time.perf_counter()
             status = await stack.stop_replica(replica, signal.SIGTERM)
             stopped_s = time.perf_counter() - started
@@ -242,7 +248,7 @@ async def test_shutdown_delay_keeps_answering_new_clients_then_exits_zero(
         replica = stack.replicas[0]
         async with asyncio.timeout(TIMEOUT_S):
             replica.process.send_signal(signal.SIGTERM)
-            await replica.wait_for_log("still answering for 30 s")
+            await wait_for_log(replica, "still answering for 30 s")
             late = make_client(stack.endpoints, timeout_ms=2000, tries=1)
             assert (await late.ping()).ok
             assert replica.process.returncode is None
@@ -264,4 +270,269 @@ async def test_bind_failure_is_reported_with_exit_status_1() -> None:
             "server.py", "--bind", taken, "--name", "second", timeout_s=TIMEOUT_S
         )
     assert done.status == 1
-    assert "Cannot serve on" in done.stderr
+    assert f"Cannot serve on {taken}: Address already in use" in done.stderr
+
+
+# --- the user's handler -------------------------------------------------------------------
+
+# A handler module outside the repository, put on PYTHONPATH for the server processes below.
+HANDLERS_MODULE = """
+import asyncio
+import time
+
+
+def echo(request):
+    return request.data
+
+
+async def sleepy(request):
+    await asyncio.sleep(0.05)
+    return b"slept " + request.data
+
+
+def broken(request):
+    raise ValueError("no such key: 42")
+
+
+def blocking(request):
+    if request.data == b"block":
+        time.sleep(1.0)
+    return b"done " + request.data
+"""
+
+
+@pytest.fixture
+def handlers_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a server that finds ``userhandlers`` (outside the repo) on its path."""
+    (tmp_path / "userhandlers.py").write_text(HANDLERS_MODULE)
+    return {**os.environ, "PYTHONPATH": str(tmp_path)}
+
+
+async def test_a_handler_module_outside_the_repo_answers_echo_async_and_errors(
+    make_client: Callable[..., Client], handlers_env: dict[str, str]
+) -> None:
+    """The issue's acceptance: echo, an async 50 ms handler (50 at once), one that raises."""
+    specs = ["userhandlers:echo", "userhandlers:sleepy", "userhandlers:broken"]
+    stacks = [
+        LocalStack(1, nginx=False, server_args=["--handler", spec], env=handlers_env)
+        for spec in specs
+    ]
+    async with stacks[0] as echo, stacks[1] as sleepy, stacks[2] as broken:
+        async with asyncio.timeout(TIMEOUT_S):
+            assert (
+                await make_client(echo.endpoints).call(b"\x00any bytes\xff") == b"\x00any bytes\xff"
+            )
+            pool = [make_client(sleepy.endpoints) for _ in range(50)]
+            started = time.perf_counter()
+            bodies = await asyncio.gather(*(c.call(f"{i}".encode()) for i, c in enumerate(pool)))
+            elapsed_s = time.perf_counter() - started
+            reply = await make_client(broken.endpoints).request(protocol.encode_request("c", b"42"))
+    print(f"50 concurrent requests to a 50 ms async handler: {elapsed_s:.3f} s")
+    assert bodies == [f"slept {i}".encode() for i in range(50)]
+    assert elapsed_s < 1.0  # one at a time they would take 2.5 s
+    assert reply.status == "Server error"
+    assert reply.status not in (protocol.SERVER_RESPONSE_TEXT, protocol.INVALID_MESSAGE_TEXT)
+    assert reply.detail == "ValueError: no such key: 42"
+    assert "Traceback" in "\n".join(broken.replicas[0].log)  # the log has it, the reply not
+
+
+async def test_a_raising_handler_is_answered_server_error_logged_and_the_replica_goes_on(
+    start_server: Callable[..., Any],
+    make_client: Callable[..., Client],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def lookup(request: Request) -> bytes:
+        if request.data == b"42":
+            raise KeyError("no such key: 42")
+        return b"value of " + request.data
+
+    server = await start_server(lookup)
+    client = make_client([server.endpoint])
+    caplog.set_level(logging.ERROR, logger="reqrep.server")
+    async with asyncio.timeout(TIMEOUT_S):
+        with pytest.raises(ServerError) as raised:
+            await client.call(b"42")
+        after = await client.call(b"7")
+    assert raised.value.reply.detail == "KeyError: 'no such key: 42'"
+    assert after == b"value of 7"
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "raised on a request from" in record.getMessage()
+    assert record.exc_info is not None  # the traceback is logged
+
+
+async def slow_async(request: Request) -> bytes:
+    await asyncio.sleep(float(request.data))
+    return b"late"
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+async def test_a_handler_past_its_time_is_answered_server_timeout(
+    start_server: Callable[..., Any], make_client: Callable[..., Client], threads: int
+) -> None:
+    def slow_sync(request: Request) -> bytes:
+        time.sleep(float(request.data))
+        return b"late"
+
+    handler = slow_sync if threads else slow_async
+    server = await start_server(handler, handler_timeout_ms=100, threads=threads)
+    client = make_client([server.endpoint], timeout_ms=5000, tries=1)
+    async with asyncio.timeout(TIMEOUT_S):
+        with pytest.raises(ServerTimeout, match="did not finish within 100 ms"):
+            await client.call(b"0.3")
+        assert await client.call(b"0") == b"late"
+
+
+async def test_an_async_handler_past_its_time_is_cancelled(
+    start_server: Callable[..., Any], make_client: Callable[..., Client]
+) -> None:
+    outcome: list[str] = []
+
+    async def watched(request: Request) -> bytes:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+        return b""
+
+    server = await start_server(watched, handler_timeout_ms=50)
+    async with asyncio.timeout(TIMEOUT_S):
+        reply = await make_client([server.endpoint]).request(protocol.encode_request("c", b""))
+    assert reply.status == "Server timeout"
+    assert outcome == ["cancelled"]
+
+
+async def test_every_request_gets_exactly_one_reply_whatever_its_handler_does(
+    start_server: Callable[..., Any], context: zmq.asyncio.Context
+) -> None:
+    """A DEALER pipelines requests whose handler answers, raises, returns the wrong type,
+    raises CancelledError of its own, runs out of time, or that are malformed."""
+
+    async def moody(request: Request) -> bytes:
+        match request.data:
+            case b"raise":
+                raise RuntimeError("boom")
+            case b"text":
+                return "not bytes"  # type: ignore[return-value]
+            case b"cancel":
+                raise asyncio.CancelledError
+            case b"slow":
+                await asyncio.sleep(5)
+        return request.data
+
+    server = await start_server(moody, handler_timeout_ms=200)
+    kinds = [b"ok", b"raise", b"text", b"cancel", b"slow", None]
+    expected = [
+        [b"Server response", b"ok"],
+        [b"Server error", b"RuntimeError: boom"],
+        [b"Server error", b"TypeError: handler returned str, not bytes"],
+        [b"Server error", b"CancelledError"],
+        [b"Server timeout", b"handler did not finish within 200 ms"],
+        [b"Invalid message", b"missing address: 1 frame, expected address and data"],
+    ]
+    dealer = context.socket(zmq.DEALER)
+    dealer.connect(server.endpoint)
+    try:
+        for index, data in enumerate(kinds):
+            request = [b"c", data] if data is not None else [b"no address"]
+            await dealer.send_multipart([str(index).encode(), b"", *request])
+        answers: dict[bytes, list[bytes]] = {}
+        async with asyncio.timeout(TIMEOUT_S):
+            while len(answers) < len(kinds):
+                key, _, status, _, body = await dealer.recv_multipart()
+                assert key not in answers, "a second reply to one request"
+                answers[key] = [status, body]
+        assert not await dealer.poll(300)  # and nothing more comes
+    finally:
+        dealer.close(linger=0)
+    assert [answers[str(n).encode()] for n in range(len(kinds))] == expected
+
+
+async def test_a_stop_cancels_what_outlives_the_grace_period_and_answers_it(
+    start_server: Callable[..., Any], make_client: Callable[..., Client]
+) -> None:
+    server = await start_server(slow_async, grace_s=0.2)
+    client = make_client([server.endpoint], timeout_ms=5000, tries=1)
+    async with asyncio.timeout(TIMEOUT_S):
+        pending = asyncio.create_task(client.request(protocol.encode_request("c", b"30")))
+        while server.server.requests_served < 1:
+            await asyncio.sleep(0.01)  # the request is in; no event tells the test
+        await server.stop()
+        reply = await pending
+    assert reply.status == "Server error"
+    assert reply.detail == "CancelledError: the replica stopped before the handler finished"
+
+
+async def test_async_handlers_run_at_most_max_inflight_at_once(
+    start_server: Callable[..., Any], make_client: Callable[..., Client]
+) -> None:
+    running, most = 0, 0
+
+    async def counted(request: Request) -> bytes:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        return b""
+
+    server = await start_server(counted, max_inflight=5)
+    pool = [make_client([server.endpoint], timeout_ms=10_000, tries=1) for _ in range(30)]
+    async with asyncio.timeout(TIMEOUT_S):
+        await asyncio.gather(*(c.call(b"") for c in pool))
+    assert most == 5
+
+
+async def test_the_request_tells_the_handler_where_it_is_and_how_long_it_has(
+    start_server: Callable[..., Any], make_client: Callable[..., Client]
+) -> None:
+    seen: list[Request] = []
+
+    def recorder(request: Request) -> bytes:
+        seen.append(request)
+        return f"{request.time_left_s:.3f}".encode()
+
+    server = await start_server(recorder, name="replica-x", handler_timeout_ms=5000)
+    async with asyncio.timeout(TIMEOUT_S):
+        left_s = float(await make_client([server.endpoint]).call(b"d", address="alice"))
+    (request,) = seen
+    assert (request.address, request.data, request.replica) == ("alice", b"d", "replica-x")
+    assert len(bytes.fromhex(request.peer)) == 5  # a ROUTER's routing id
+    assert 4.0 < left_s <= 5.0
+
+
+@pytest.mark.parametrize("socket_type", ["router", "rep"])
+async def test_serve_runs_a_handler_in_either_socket_mode(socket_type: str) -> None:
+    async def shout(request: Request) -> bytes:
+        return request.data.upper()
+
+    async with asyncio.timeout(TIMEOUT_S):
+        async with serve(shout, "tcp://127.0.0.1:*", socket_type=socket_type) as server:
+            config = ClientConfig(endpoints=tuple(server.endpoints))
+            async with Client(config) as client:
+                assert await client.call(b"hi") == b"HI"
+        assert server.requests_served == 1
+
+
+async def test_a_blocking_handler_in_threads_leaves_the_replica_answering_and_draining(
+    make_client: Callable[..., Client], handlers_env: dict[str, str]
+) -> None:
+    """--threads 2: while one request blocks a thread for 1 s, a ping is answered at once,
+    and SIGTERM drains: the blocked request gets its reply, the replica exits 0."""
+    server_args = ["--handler", "userhandlers:blocking", "--threads", "2", "--grace-s", "5"]
+    async with LocalStack(1, nginx=False, server_args=server_args, env=handlers_env) as stack:
+        replica = stack.replicas[0]
+        async with asyncio.timeout(TIMEOUT_S):
+            blocked = asyncio.create_task(make_client(stack.endpoints).call(b"block"))
+            await wait_for_log(replica, "Server", count=1)
+            await asyncio.sleep(0.1)  # the blocking request has reached its thread
+            started = time.perf_counter()
+            pinged = await make_client(stack.endpoints, timeout_ms=500, tries=1).ping()
+            ping_s = time.perf_counter() - started
+            status = await stack.stop_replica(replica, signal.SIGTERM)
+            body = await blocked
+    print(f"ping while a thread blocks: {1000 * ping_s:.1f} ms; exit {status}")
+    assert pinged.ok
+    assert ping_s < 0.5
+    assert body == b"done block"
+    assert status == 0

@@ -1,30 +1,53 @@
-"""reqrep.metrics without a network: counters move as Server.answer answers, by fault kind.
+"""reqrep.metrics without a network: counters move as a replica answers, by status, by fault
+kind and by the exception a handler raised.
 
-The server is constructed (no socket is opened) with a metrics port, so its
-metrics exist; the figures are read from its registry, as a scrape would.
+The server is made (no socket is opened) with a metrics port, so its metrics exist;
+requests go through its inline answer path, timed as the serving loop times them, and
+the figures are read from its registry, as a scrape would.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+from typing import Any
 
 import pytest
 import zmq.asyncio
 
 import reqrep
-import server as server_script
 from reqrep import protocol
 from reqrep.config import ServerConfig
+from reqrep.events import REFUSAL_KINDS
+from reqrep.handlers import Handler
+from reqrep.protocol import Request
 from reqrep.server import Server
 
 SERVER_RESPONSE = protocol.SERVER_RESPONSE_TEXT
 INVALID_MESSAGE = protocol.INVALID_MESSAGE_TEXT
+SERVER_ERROR = protocol.SERVER_ERROR_TEXT
+SERVER_TIMEOUT = protocol.SERVER_TIMEOUT_TEXT
 LIMIT = 1024
+PEER = b"\x00\x6b\x8b\x45\x67"
+
+
+def make_server(
+    context: zmq.asyncio.Context, handler: Handler | None = None, **settings: Any
+) -> Server:
+    config = replace(ServerConfig(name="unit", metrics_port=0, max_message_bytes=LIMIT), **settings)
+    return Server(handler, config, context=context)
 
 
 @pytest.fixture
 def server(context: zmq.asyncio.Context) -> Server:
-    return Server(ServerConfig(name="unit", metrics_port=0, max_message_bytes=LIMIT), context)
+    return make_server(context)
+
+
+def answer(server: Server, request: list[bytes]) -> list[bytes]:
+    """One request through the server's inline path, timed as its serving loop times it."""
+    assert server.metrics is not None
+    timed = server.metrics.timed(server.answerer.routed(server.answerer.inline_answer()))
+    return timed([PEER, b"", *request])[2:]
 
 
 def value(server: Server, name: str, **labels: str) -> float:
@@ -42,7 +65,7 @@ def invalid(server: Server, reason: str) -> float:
     return value(server, "reqrep_invalid_requests_total", reason=reason)
 
 
-# One request per fault kind protocol.request_fault gives (INTERNAL_ERROR: below).
+# One request per fault kind protocol.request_fault gives.
 REASON_EXAMPLES = [
     ([b"a" * (LIMIT + 1), b""], protocol.TOO_LARGE),
     ([], protocol.EMPTY_MESSAGE),
@@ -54,14 +77,11 @@ REASON_EXAMPLES = [
 ]
 
 
-# --- counters move as Server.answer answers --------------------------------------------
-
-
 def test_every_series_exists_at_zero_before_any_request(server: Server) -> None:
-    assert requests(server, SERVER_RESPONSE) == 0
-    assert requests(server, INVALID_MESSAGE) == 0
-    for cls in protocol.FAULT_KINDS:
-        assert invalid(server, cls) == 0
+    for status in (SERVER_RESPONSE, INVALID_MESSAGE, SERVER_ERROR, SERVER_TIMEOUT):
+        assert requests(server, status) == 0
+    for kind in protocol.FAULT_KINDS:
+        assert invalid(server, kind) == 0
     assert value(server, "reqrep_request_handling_seconds_count") == 0
     assert value(server, "reqrep_requests_in_flight") == 0
     assert value(server, "reqrep_connected_peers") == 0
@@ -69,67 +89,82 @@ def test_every_series_exists_at_zero_before_any_request(server: Server) -> None:
 
 def test_answered_requests_are_counted_by_status(server: Server) -> None:
     for number in range(5):
-        server.answer(protocol.encode_request("alice", str(number).encode()), "-")
-    server.answer(protocol.encode_request_without_address(b"x"), "-")
+        answer(server, protocol.encode_request("alice", str(number).encode()))
+    answer(server, protocol.encode_request_without_address(b"x"))
     assert requests(server, SERVER_RESPONSE) == 5
     assert requests(server, INVALID_MESSAGE) == 1
     assert invalid(server, protocol.MISSING_ADDRESS) == 1
 
 
 @pytest.mark.parametrize(("frames", "expected"), REASON_EXAMPLES)
-def test_invalid_requests_are_counted_by_reason_class(
+def test_invalid_requests_are_counted_by_fault_kind(
     server: Server, frames: list[bytes], expected: str
 ) -> None:
-    reply, valid = server.answer(frames, b"\x00peer")
-    assert not valid
-    assert reply[0] == protocol.INVALID_MESSAGE
+    assert answer(server, frames)[0] == protocol.INVALID_MESSAGE
     assert invalid(server, expected) == 1
-    assert sum(invalid(server, cls) for cls in protocol.FAULT_KINDS) == 1
+    assert sum(invalid(server, kind) for kind in protocol.FAULT_KINDS) == 1
     assert requests(server, INVALID_MESSAGE) == 1
     assert requests(server, SERVER_RESPONSE) == 0
 
 
-def test_a_failure_inside_the_server_counts_as_internal_error(
-    server: Server, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def broken(*args: object) -> None:
-        raise RuntimeError("bug")
-
-    monkeypatch.setattr(protocol, "respond", broken)
-    reply, valid = server.answer(protocol.encode_request("alice", b"x"), "-")
-    assert not valid
-    assert reply[0] == protocol.INVALID_MESSAGE
-    assert invalid(server, protocol.INTERNAL_ERROR) == 1
-    assert requests(server, INVALID_MESSAGE) == 1
+def failing(request: Request) -> bytes:
+    if request.data == b"key":
+        raise KeyError(request.data)
+    raise ValueError("no such key: 42")
 
 
-def test_no_label_value_is_free_text_or_a_peer_id(server: Server) -> None:
-    server.answer([b"\xff\xfe", b"data"], b"\x00\x6b\x8b\x45\x67")
-    server.answer([b"a", b"b", b"c"], b"\x00\x6b\x8b\x45\x68")
+def test_a_handler_that_raises_is_counted_by_exception_type(context: zmq.asyncio.Context) -> None:
+    server = make_server(context, failing)
+    for data in (b"key", b"value", b"value"):
+        assert answer(server, protocol.encode_request("alice", data))[0] == protocol.SERVER_ERROR
+    errors = "reqrep_handler_errors_total"
+    assert value(server, errors, exception="KeyError") == 1
+    assert value(server, errors, exception="ValueError") == 2
+    assert requests(server, SERVER_ERROR) == 3
+    assert requests(server, SERVER_RESPONSE) == 0
+
+
+def slow(request: Request) -> bytes:
+    time.sleep(0.02)
+    return b""
+
+
+def test_a_handler_past_its_time_is_counted_as_server_timeout(context: zmq.asyncio.Context) -> None:
+    server = make_server(context, slow, handler_timeout_ms=1)
+    assert answer(server, protocol.encode_request("alice", b""))[0] == protocol.SERVER_TIMEOUT
+    assert requests(server, SERVER_TIMEOUT) == 1
+    assert requests(server, SERVER_RESPONSE) == 0
+
+
+def test_no_label_value_is_free_text_or_a_peer_id(context: zmq.asyncio.Context) -> None:
+    server = make_server(context, failing)
+    answer(server, [b"\xff\xfe", b"data"])
+    answer(server, [b"a", b"b", b"c"])
+    answer(server, protocol.encode_request("alice", b"secret-value"))
     assert server.metrics is not None
     for family in server.metrics.registry.collect():
         if not family.name.startswith("reqrep_") or family.name == "reqrep_build":
             continue
         for sample in family.samples:
             for label, text in sample.labels.items():
-                assert label in {"status", "reason", "le"}, sample
+                assert label in {"status", "reason", "exception", "kind", "le"}, sample
+                if label == "kind":
+                    assert text in REFUSAL_KINDS
                 if label == "reason":
                     assert text in protocol.FAULT_KINDS
                 if label == "status":
-                    assert text in {SERVER_RESPONSE, INVALID_MESSAGE}
+                    assert text.encode() in protocol.STATUSES
+                if label == "exception":
+                    assert text == "ValueError"
 
 
 # --- handling time and requests in flight ------------------------------------------
 
 
 def test_the_timed_answer_fills_the_histogram(server: Server) -> None:
-    assert server.metrics is not None
-    answer = server.metrics.timed(server.answerer.answer_routed)
-    routed = [b"\x00\x6b\x8b\x45\x67", b"", *protocol.encode_request("alice", b"x")]
     for _ in range(10):
-        assert answer(routed)[2] == protocol.SERVER_RESPONSE
-    count = value(server, "reqrep_request_handling_seconds_count")
-    assert count == 10
+        assert answer(server, protocol.encode_request("alice", b"x"))[0] == protocol.SERVER_RESPONSE
+    assert value(server, "reqrep_request_handling_seconds_count") == 10
     assert value(server, "reqrep_request_handling_seconds_bucket", le="+Inf") == 10
     assert 0 < value(server, "reqrep_request_handling_seconds_sum") < 1
     assert value(server, "reqrep_requests_in_flight") == 0
@@ -139,7 +174,7 @@ def test_the_timed_answer_fills_the_histogram(server: Server) -> None:
 def test_buckets_are_cumulative_and_hold_the_time_handled(server: Server) -> None:
     assert server.metrics is not None
     started = time.perf_counter_ns() - 30_000_000  # 30 ms ago: in the 0.05 s bucket
-    server.answer(protocol.encode_request("alice", b"x"), "-")
+    server.answerer.answer_default(protocol.encode_request("alice", b"x"), PEER)
     server.metrics.handled(started)
     assert value(server, "reqrep_request_handling_seconds_bucket", le="0.025") == 0
     assert value(server, "reqrep_request_handling_seconds_bucket", le="0.05") == 1
@@ -147,13 +182,15 @@ def test_buckets_are_cumulative_and_hold_the_time_handled(server: Server) -> Non
     assert value(server, "reqrep_request_handling_seconds_sum") >= 0.03
 
 
-def test_a_request_answered_but_not_yet_handled_is_in_flight(server: Server) -> None:
+def test_a_request_received_but_not_yet_answered_is_in_flight(server: Server) -> None:
     assert server.metrics is not None
     started = time.perf_counter_ns()
-    server.answer(protocol.encode_request("alice", b"x"), "-")  # then the work would run
+    server.answerer.answer_default(protocol.encode_request("alice", b"x"), PEER)
     assert value(server, "reqrep_requests_in_flight") == 1
+    assert requests(server, SERVER_RESPONSE) == 0  # counted once its reply is ready
     server.metrics.handled(started)
     assert value(server, "reqrep_requests_in_flight") == 0
+    assert requests(server, SERVER_RESPONSE) == 1
 
 
 def test_build_info_names_the_versions(server: Server) -> None:
@@ -174,41 +211,8 @@ def test_build_info_names_the_versions(server: Server) -> None:
     assert build[0].labels["python"]
 
 
-# --- off by default, and the flag ------------------------------------------------------
-
-
 def test_metrics_are_off_without_a_port(context: zmq.asyncio.Context) -> None:
-    plain = Server(ServerConfig(name="unit"), context)
+    plain = Server(None, ServerConfig(name="unit"), context=context)
     assert plain.metrics is None
-    plain.answer(protocol.encode_request_without_address(b"x"), "-")
+    plain.answerer.answer_default(protocol.encode_request_without_address(b"x"), PEER)
     assert plain.requests_served == 1
-
-
-@pytest.fixture
-def no_metrics_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SERVER_METRICS_PORT", raising=False)
-
-
-@pytest.mark.usefixtures("no_metrics_env")
-def test_the_flag_is_off_by_default_and_takes_a_port() -> None:
-    assert server_script.parse_args([]).metrics_port is None
-    assert server_script.config_from_args(server_script.parse_args([])).metrics_port is None
-    args = server_script.parse_args(["--metrics-port", "9100"])
-    assert server_script.config_from_args(args).metrics_port == 9100
-
-
-@pytest.mark.usefixtures("no_metrics_env")
-def test_the_port_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SERVER_METRICS_PORT", "9100")
-    assert server_script.parse_args([]).metrics_port == 9100
-    monkeypatch.setenv("SERVER_METRICS_PORT", "")
-    assert server_script.parse_args([]).metrics_port is None
-
-
-@pytest.mark.usefixtures("no_metrics_env")
-@pytest.mark.parametrize("bad", ["-1", "65536", "http", "9100.5"])
-def test_a_bad_port_is_a_usage_error(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        server_script.parse_args(["--metrics-port", bad])
-    assert exit_info.value.code == 2
-    assert "--metrics-port" in capsys.readouterr().err
