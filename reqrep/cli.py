@@ -1,42 +1,123 @@
-"""Command-line plumbing shared by the entry points (server.py, client.py, run_clients.py, keys.py).
+"""Command-line plumbing shared by the commands (``reqrep.commands``).
 
-Flags take their defaults from environment variables (so docker-compose can
-configure a service without changing its command); argparse applies a flag's
-``type`` to a string default too, so a bad value from the environment gets the
-same usage error as a bad value on the command line.
+A flag that sets a configuration field is added with ``add_setting``: its default
+and its environment variable come from the dataclass field (``reqrep.config``),
+named there once; ``--help`` shows the default in effect (the environment's value
+if it is set) once. argparse applies a flag's ``type`` to a string default too, so
+a bad value from the environment gets the same usage error (exit 2) as a bad
+value on the command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, Final, TypeVar
 
-from reqrep.config import ClientConfig, RequestPlan, default
+from reqrep import endpoints
+from reqrep.config import LOG_LEVEL_ENV, ClientConfig, RequestPlan, default, env_name
+from reqrep.errors import EndpointError
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# The usual spellings, any case; WARN is WARNING.
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_LOG_LEVEL_ALIASES: Final = {"WARN": "WARNING"}
+Config = TypeVar("Config")
 
 
-def env(name: str, default: object) -> str:
-    """The environment variable ``name``, or ``default`` as text if unset.
+def parser(prog: str | None, description: str) -> argparse.ArgumentParser:
+    """An argument parser for a command; ``prog`` as the user typed it (``server.py``,
+    ``reqrep server``)."""
+    # No abbreviations: a flag is given under its own name (``given`` relies on it).
+    return argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
 
-    Entry points pass a default from ``reqrep.config``, so argparse, the
-    environment and ``--help`` all show the one value written there.
+
+def given(argv: Sequence[str], flag: str) -> bool:
+    """Whether ``flag`` is on the command line (as ``--flag VALUE`` or ``--flag=VALUE``)."""
+    return any(arg == flag or arg.startswith(f"{flag}=") for arg in argv)
+
+
+def add_setting(
+    parser: argparse.ArgumentParser,
+    cls: type[Any],
+    name: str,
+    *flags: str,
+    help: str,
+    type: Callable[[str], Any] | None = None,
+    shown: str | None = None,
+    **options: Any,
+) -> argparse.Action:
+    """A flag for field ``name`` of ``cls``: its default from the field, overridden by the
+    field's environment variable, both shown once in ``--help``.
+
+    ``shown`` describes a default that is not a value to type (``off``, ``the hostname``).
+    A list field's flag is repeatable, its variable comma-separated; either way each item
+    goes through ``type``.
     """
-    return os.environ.get(name, str(default))
+    env = env_name(cls, name)
+    built_in = default(cls, name)
+    text = os.environ.get(env)
+    value: object
+    if isinstance(built_in, tuple):
+        value = text if text is not None else ",".join(built_in)
+        type = comma_list(type or str)
+        options.setdefault("action", _Repeated)
+        effective: object = value
+    elif text:
+        value = effective = text
+    else:
+        value, effective = built_in, shown or built_in
+    where = f"from env {env}" if text else f"env {env}"
+    if type is not None:
+        options["type"] = type
+    return parser.add_argument(
+        *flags,
+        dest=name,
+        default=value,
+        help=f"{help} ({where}; default {effective})",
+        **options,
+    )
 
 
-def env_optional(name: str) -> str | None:
-    """The environment variable ``name``, or None if it is unset or empty."""
-    return os.environ.get(name) or None
+class _Repeated(argparse.Action):
+    """A repeatable flag of lists: the first use replaces the default, later ones add to it."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        given = getattr(namespace, self.dest)
+        earlier = [] if given is self.default or given is None else list(given)
+        setattr(namespace, self.dest, [*earlier, *values])
 
 
-def env_list(name: str, default: Sequence[str]) -> list[str]:
-    """A comma-separated environment variable as a list, blanks dropped."""
-    return [item.strip() for item in env(name, ",".join(default)).split(",") if item.strip()]
+def comma_list(parse: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    """An argparse type: comma-separated items, at least one, each through ``parse``."""
+
+    def parse_list(text: str) -> list[Any]:
+        items = [parse(item.strip()) for item in text.split(",") if item.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"at least one value is needed, not {text!r}")
+        return items
+
+    return parse_list
+
+
+def config_from_args(cls: type[Config], args: argparse.Namespace) -> Config:
+    """``cls`` with every field the arguments hold (list fields as tuples)."""
+    fields = {item.name for item in dataclasses.fields(cls) if hasattr(args, item.name)}  # type: ignore[arg-type]
+    values = {name: getattr(args, name) for name in fields}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+# --- argparse types ------------------------------------------------------------
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
@@ -64,15 +145,7 @@ def port_number(text: str) -> int:
 
 def int_list_at_least(minimum: int) -> Callable[[str], list[int]]:
     """An argparse type: comma-separated integers, at least one, none below ``minimum``."""
-    parse_one = int_at_least(minimum)
-
-    def parse(text: str) -> list[int]:
-        values = [parse_one(part) for part in text.split(",") if part.strip()]
-        if not values:
-            raise argparse.ArgumentTypeError(f"no number in {text!r}")
-        return values
-
-    return parse
+    return comma_list(int_at_least(minimum))
 
 
 def float_at_least(minimum: float) -> Callable[[str], float]:
@@ -90,17 +163,51 @@ def float_at_least(minimum: float) -> Callable[[str], float]:
     return parse
 
 
-def add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
+def optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type: ``parse``'s, or None for an empty value (an unset optional setting)."""
+
+    def parse_optional(text: str) -> Any:
+        return None if text == "" else parse(text)
+
+    return parse_optional
+
+
+def endpoint(*, bind: bool) -> Callable[[str], str]:
+    """An argparse type: a ZeroMQ endpoint that can be bound (``bind``) or connected."""
+
+    def parse(text: str) -> str:
+        try:
+            return endpoints.check(text, bind=bind)
+        except EndpointError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
+def log_level(text: str) -> str:
+    """An argparse type: a logging level in any case (``debug``, ``Warn``, ``INFO``...)."""
+    level = _LOG_LEVEL_ALIASES.get(text.upper(), text.upper())
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"not a log level: {text!r} (choose from {', '.join(LOG_LEVELS)}, any case)"
+        )
+    return level
+
+
+def add_log_level(parser: argparse.ArgumentParser, built_in: str) -> None:
+    text = os.environ.get(LOG_LEVEL_ENV)
     parser.add_argument(
         "--log-level",
-        choices=LOG_LEVELS,
-        default=env("LOG_LEVEL", default),
-        help="logging level (env LOG_LEVEL)",
+        type=log_level,
+        default=text or built_in,
+        metavar="LEVEL",
+        help=f"logging level: {', '.join(LOG_LEVELS)}, any case "
+        f"({'from ' if text else ''}env {LOG_LEVEL_ENV}; default {text or built_in})",
     )
 
 
 def setup_logging(level: str, program: str) -> None:
-    """Configure logging once, in an entry point's main(): one line per record on stderr."""
+    """Configure logging once, in a command's main(): one line per record on stderr."""
     logging.basicConfig(
         level=level,
         format=f"%(asctime)s %(levelname)s {program}: %(message)s",
@@ -108,45 +215,59 @@ def setup_logging(level: str, program: str) -> None:
     )
 
 
+# --- the flags every client shares (client.py, run_clients.py) ----------------------
+
+
 def add_client_flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     """The flags every client of a run shares; returned so run_clients.py can pass them on."""
     return [
-        parser.add_argument(
+        add_setting(
+            parser,
+            ClientConfig,
+            "endpoints",
             "--connect",
-            action="append",
-            help="server endpoint, repeatable (env SERVER_CONNECT, comma-separated; "
-            f"default {','.join(ClientConfig().endpoints)})",
+            type=endpoint(bind=False),
+            metavar="ENDPOINT",
+            help="server endpoint, repeatable (the variable comma-separated)",
         ),
-        parser.add_argument(
+        add_setting(
+            parser,
+            RequestPlan,
+            "requests",
             "--requests",
             type=int_at_least(0),
-            default=env("CLIENT_REQUESTS", default(RequestPlan, "requests")),
-            help="number of requests to send (env CLIENT_REQUESTS)",
+            help="number of requests to send",
         ),
-        parser.add_argument(
+        add_setting(
+            parser,
+            RequestPlan,
+            "malformed",
             "--malformed",
             type=int_at_least(-1),
-            default=env("CLIENT_MALFORMED", default(RequestPlan, "malformed")),
-            help="index of the request sent without its address; -1 for none "
-            "(env CLIENT_MALFORMED)",
+            help="index of the request sent without its address; -1 for none",
         ),
-        parser.add_argument(
+        add_setting(
+            parser,
+            RequestPlan,
+            "interval_ms",
             "--interval-ms",
             type=float_at_least(0),
-            default=env("CLIENT_INTERVAL_MS", default(RequestPlan, "interval_ms")),
-            help="pause between requests (env CLIENT_INTERVAL_MS)",
+            help="pause between requests",
         ),
-        parser.add_argument(
+        add_setting(
+            parser,
+            ClientConfig,
+            "timeout_ms",
             "--timeout-ms",
             type=int_at_least(1),
-            default=env("CLIENT_TIMEOUT_MS", default(ClientConfig, "timeout_ms")),
-            help="how long to wait for each reply (env CLIENT_TIMEOUT_MS)",
+            help="how long to wait for each reply",
         ),
         parser.add_argument(
             "--tries",
             type=int_at_least(1),
-            help="tries per request, the first included: 1 means no retry (env CLIENT_TRIES; "
-            f"default {default(ClientConfig, 'tries')})",
+            help="tries per request, the first included: 1 means no retry "
+            f"(env {env_name(ClientConfig, 'tries')}; "
+            f"default {os.environ.get('CLIENT_TRIES') or default(ClientConfig, 'tries')})",
         ),
     ]
 
@@ -161,30 +282,21 @@ def add_deprecated_retries(parser: argparse.ArgumentParser) -> None:
 
 def resolve_client_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Settle ``args.tries`` (from --tries, deprecated --retries, or the environment)."""
+    tries_env = env_name(ClientConfig, "tries")
     if args.tries is not None and args.retries is not None:
         parser.error("--retries is the deprecated name of --tries: give only --tries")
     if args.retries is not None:
         deprecated("--retries is deprecated; use --tries (same meaning)")
         args.tries = args.retries
     if args.tries is None:
-        text = os.environ.get("CLIENT_TRIES")
+        text = os.environ.get(tries_env)
         if text is None and "CLIENT_RETRIES" in os.environ:
-            deprecated("CLIENT_RETRIES is deprecated; use CLIENT_TRIES (same meaning)")
+            deprecated(f"CLIENT_RETRIES is deprecated; use {tries_env} (same meaning)")
             text = os.environ["CLIENT_RETRIES"]
         try:
             args.tries = int_at_least(1)(text or str(default(ClientConfig, "tries")))
         except argparse.ArgumentTypeError as error:
-            parser.error(f"--tries (env CLIENT_TRIES): {error}")
-
-
-def resolve_connect(
-    parser: argparse.ArgumentParser, args: argparse.Namespace, env_name: str = "SERVER_CONNECT"
-) -> None:
-    """``args.connect`` from the flags, else the environment, else the default."""
-    if args.connect is None:
-        args.connect = env_list(env_name, ClientConfig().endpoints)
-    if not args.connect:
-        parser.error("--connect: at least one endpoint is needed")
+            parser.error(f"--tries (env {tries_env}): {error}")
 
 
 def deprecated(message: str) -> None:

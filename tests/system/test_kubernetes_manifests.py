@@ -23,8 +23,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-import client
-import server
+from reqrep.commands import client, server
 from tests.support import (
     PROJECT_DIR,
     needs_engine,
