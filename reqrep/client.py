@@ -1,9 +1,14 @@
-"""The REQ client: Lazy Pirate retries, and the demo's numbered requests.
+"""The REQ client: one request at a time, Lazy Pirate retries, and the demo's numbered requests.
 
-``await Client(config, context).request(frames)`` returns the parsed reply,
-or raises ``RequestTimeout`` after the last try: a request that is not
-answered within ``timeout_ms`` is resent on a fresh socket (the ZeroMQ guide's
-Lazy Pirate), ``tries`` times in all. It never hangs.
+    async with Client(ClientConfig(endpoints=("tcp://localhost:5555",))) as client:
+        body = await client.call(b"hello")          # the body, or a ReplyError
+        reply = await client.request(frames)        # any reply, parsed
+
+A request that is not answered within ``timeout_ms`` is resent on a fresh socket
+(the ZeroMQ guide's Lazy Pirate), ``tries`` times in all; then ``RequestTimeout``
+(or ``ConnectFailed``/``HandshakeFailed``) says why, from what the socket's monitor
+saw (``reqrep.events``). It never hangs. For many requests in flight on one
+client, see ``reqrep.channel.Channel``.
 """
 
 from __future__ import annotations
@@ -14,32 +19,48 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import cast
 
 import zmq
 import zmq.asyncio
 
-from reqrep import keys, protocol
+from reqrep import endpoints, keys, protocol
 from reqrep.config import ClientConfig, RequestPlan, heartbeat_options
+from reqrep.errors import ReqRepError
+from reqrep.events import ConnectionEvents, Event, explain
 from reqrep.report import ClientReport, Result
 
 logger = logging.getLogger(__name__)
 
+PING_ADDRESS = "healthcheck"
+PING_DATA = b"ping"
+
 
 class Client:
-    """An asynchronous REQ client with Lazy Pirate retries; one request at a time."""
+    """An asynchronous REQ client with Lazy Pirate retries; one request at a time.
 
-    def __init__(self, config: ClientConfig, context: zmq.asyncio.Context) -> None:
+    ``context``: a ZeroMQ asyncio context to use (the caller's to terminate); by
+    default the client makes its own and ends it on ``close()``. Endpoints and
+    CURVE keys are checked here: ``EndpointError``/``CurveKeyError``, nothing opened.
+    A client holds three ZeroMQ sockets (its REQ socket and its monitor's pair); a
+    context allows 1023 by default (``zmq.MAX_SOCKETS``). For many requests at once,
+    one ``Channel`` is the lighter way.
+    """
+
+    def __init__(
+        self, config: ClientConfig | None = None, context: zmq.asyncio.Context | None = None
+    ) -> None:
+        config = ClientConfig() if config is None else config
         if config.tries < 1:
             raise ValueError("tries must be at least 1")
-        if not config.endpoints:
-            raise ValueError("at least one endpoint is needed")
-        self.config = config
-        self._context = context
-        self._socket: zmq.asyncio.Socket | None = None
-        self._timeout_s = config.timeout_ms / 1000
+        endpoints.check_all(config.endpoints)
         self._curve = keys.ClientCurve.load(config.curve_server_key, config.curve_secret_key)
+        self.config = config
+        self._own_context = context is None
+        self._context = zmq.asyncio.Context() if context is None else context
+        self._socket: zmq.asyncio.Socket | None = None
+        self._events: ConnectionEvents | None = None
+        self._timeout_s = config.timeout_ms / 1000
         self.last_tries = 0
 
     def _open(self) -> zmq.asyncio.Socket:
@@ -49,6 +70,7 @@ class Client:
             self._curve.apply(sock)
         for option, value in heartbeat_options(self.config.heartbeat_ms).items():
             sock.setsockopt(option, value)
+        self._events = ConnectionEvents(sock)
         for endpoint in self.config.endpoints:
             sock.connect(endpoint)
         return sock
@@ -58,42 +80,65 @@ class Client:
         """The REQ socket in use: None before the first request and after a timeout."""
         return self._socket
 
-    def close(self) -> None:
-        """Close the socket, dropping anything unsent (linger 0)."""
+    @property
+    def events(self) -> ConnectionEvents | None:
+        """What the current socket's monitor saw (None with no socket): ``reqrep.events``."""
+        return self._events
+
+    def _close_socket(self) -> None:
+        if self._events is not None:
+            self._events.close()
+            self._events = None
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
 
+    def close(self) -> None:
+        """Close the socket, dropping anything unsent (linger 0); end the context if ours."""
+        self._close_socket()
+        if self._own_context and not self._context.closed:
+            self._context.term()
+
     async def __aenter__(self) -> Client:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self.close()
 
     async def request(self, frames: Sequence[bytes], label: str = "") -> protocol.Reply:
-        """Send a request and wait for its reply, retrying on a fresh socket."""
+        """Send a request's frames and return the parsed reply, whatever its status.
+
+        Retries on a fresh socket; after the last try raises ``RequestTimeout`` (or
+        its subclass ``ConnectFailed``/``HandshakeFailed``) with the reason.
+        """
+        seen: list[list[Event]] = []
         for attempt in range(1, self.config.tries + 1):
             self.last_tries = attempt
             if self._socket is None:
                 self._socket = self._open()
+            events = self._events
+            started = events.total if events is not None else 0
             reply = await self._exchange(self._socket, frames)
             if reply is not None:
                 return protocol.parse_reply(reply)
+            if events is not None:
+                events.drain()
+                seen.append(events.since(started))
             # Lazy Pirate: a REQ socket that lost its reply is stuck; replace it.
             logger.warning(
-                "No reply to request %s within %d ms (try %d of %d)",
-                label,
-                self.config.timeout_ms,
-                attempt,
-                self.config.tries,
+                "No reply to %s within %d ms (try %d of %d)",
+                f"request {label}" if label else "the request",
+                *(self.config.timeout_ms, attempt, self.config.tries),
             )
-            self.close()
-        raise protocol.RequestTimeout(self.config.endpoints, label, self.config.tries)
+            self._close_socket()
+        failure, reason = explain(seen, self.config.endpoints)
+        raise failure(self.config.endpoints, label, self.config.tries, reason)
+
+    async def call(self, data: bytes, address: str | None = None) -> bytes:
+        """Send ``data`` (from ``address``, by default ``config.address``) and return the reply's
+        body; a reply other than ``Server response`` raises its ``ReplyError``."""
+        frames = protocol.encode_request(address or self.config.address, data)
+        return protocol.body_of(await self.request(frames))
 
     async def _exchange(
         self, sock: zmq.asyncio.Socket, frames: Sequence[bytes]
@@ -117,7 +162,8 @@ class Client:
             timer.cancel()
 
     async def ping(self) -> protocol.Reply:
-        return await self.request(protocol.encode_request("healthcheck", b"ping"), "ping")
+        """One health request through the handler: any reply means the replica is alive."""
+        return await self.request(protocol.encode_request(PING_ADDRESS, PING_DATA), "ping")
 
 
 @dataclass
@@ -153,36 +199,29 @@ async def run_requests(client: Client, address: str, plan: RequestPlan, progress
             await asyncio.sleep(plan.interval_ms / 1000)
 
 
-async def run(
-    config: ClientConfig, plan: RequestPlan, address: str, report_path: str | None = None
-) -> int:
+async def run(config: ClientConfig, plan: RequestPlan, report_path: str | None = None) -> int:
     """The demo client's whole job; returns the exit status (1 if a request went unanswered)."""
-    context = zmq.asyncio.Context()
     progress = Progress()
     error: str | None = None
     try:
-        async with Client(config, context) as client:
-            await run_requests(client, address, plan, progress)
-    except (protocol.ReqRepError, keys.CurveKeyError) as failure:
+        async with Client(config) as client:
+            await run_requests(client, config.address, plan, progress)
+    except ReqRepError as failure:
         error = str(failure)
         print(f"error: {error}", flush=True, file=sys.stderr)
     finally:
-        context.term()
         if report_path is not None:
-            report = ClientReport(address, progress.sent, tuple(progress.results), error)
+            report = ClientReport(config.address, progress.sent, tuple(progress.results), error)
             report.write(report_path)
     return 0 if error is None else 1
 
 
 async def ping(config: ClientConfig) -> int:
-    """One health request: 0 if answered in time, 1 if not (the reason on stderr)."""
-    context = zmq.asyncio.Context()
+    """One health request: 0 if the replica answered in time (any status), 1 if not."""
     try:
-        async with Client(config, context) as client:
-            reply = await client.ping()
-    except (protocol.ReqRepError, keys.CurveKeyError) as failure:
+        async with Client(config) as client:
+            await client.ping()
+    except ReqRepError as failure:
         print(f"error: {failure}", flush=True, file=sys.stderr)
         return 1
-    finally:
-        context.term()
-    return 0 if reply.ok else 1
+    return 0

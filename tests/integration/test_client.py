@@ -14,6 +14,7 @@ import zmq.asyncio
 
 from reqrep import protocol
 from reqrep.client import Client
+from reqrep.errors import ConnectFailed, RequestTimeout
 from reqrep.stack import LocalStack, free_port
 from tests.support import run_script, seed_lines
 
@@ -62,17 +63,21 @@ async def test_ping_exits_0_when_answered_and_1_when_not(
         "--ping", "--connect", down, "--timeout-ms", "200", "--tries", "1"
     )
     assert status == 1
-    assert "did not answer request ping after 1 tries" in stderr
+    assert "did not answer request ping after 1 try: nothing accepted the connection" in stderr
 
 
 async def test_request_raises_timeout_after_last_try(make_client: Callable[..., Client]) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     client = make_client([endpoint], timeout_ms=100, tries=2)
     async with asyncio.timeout(TIMEOUT_S):
-        with pytest.raises(protocol.RequestTimeout) as raised:
+        with pytest.raises(RequestTimeout) as raised:
             await client.request(protocol.encode_request("c", b"x"), "7")
     assert raised.value.tries == 2
-    assert str(raised.value) == f"server at {endpoint} did not answer request 7 after 2 tries"
+    assert str(raised.value) == (
+        f"server at {endpoint} did not answer request 7 after 2 tries: "
+        "nothing accepted the connection (refused, or no such host or port)"
+    )
+    assert isinstance(raised.value, ConnectFailed)
 
 
 async def test_a_cancelled_request_is_cancelled_not_retried(
@@ -101,7 +106,7 @@ class _RetryWatcher(logging.Handler):
         self.timed_out = asyncio.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if "No reply to request" in record.getMessage():
+        if "No reply to the request" in record.getMessage():
             self.timed_out.set()
 
 
@@ -141,5 +146,5 @@ async def test_client_closes_its_socket_so_the_context_terminates(
     """After a timeout the socket is closed with linger 0 (the fixture checks term)."""
     client = make_client([f"tcp://127.0.0.1:{free_port()}"], timeout_ms=50, tries=1)
     async with asyncio.timeout(TIMEOUT_S):
-        with pytest.raises(protocol.RequestTimeout):
+        with pytest.raises(RequestTimeout):
             await client.request(protocol.encode_request("c", b"x"))

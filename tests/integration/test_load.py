@@ -15,10 +15,11 @@ import pytest
 import zmq
 import zmq.asyncio
 
+from bench.machine import open_fds, rss_kib
 from reqrep import protocol
 from reqrep.client import Client
 from reqrep.config import ClientConfig
-from reqrep.stack import LocalStack, open_fds, rss_kib
+from reqrep.stack import LocalStack
 from tests.support import needs_nginx
 
 CONNECTIONS = int(os.environ.get("LOAD_CONNECTIONS", "500"))
@@ -65,7 +66,8 @@ async def settled_fds(pid: int, bound_s: float = 3.0) -> int:
 @pytest.mark.usefixtures("enough_fds")
 async def test_one_replica_holds_500_concurrent_connections(nginx: bool) -> None:
     context = zmq.asyncio.Context()
-    context.max_sockets = CONNECTIONS + 64
+    # Each Client holds three sockets: its REQ socket and its monitor's pair (reqrep.events).
+    context.max_sockets = 3 * CONNECTIONS + 64
     clients: list[Client] = []
     try:
         async with LocalStack(1, nginx=nginx) as stack:

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import zmq
 import zmq.asyncio
-from zmq.utils.monitor import parse_monitor_message
 
 from reqrep import protocol
 from reqrep.client import Client
@@ -52,17 +51,16 @@ def open_socket(client: Client) -> zmq.asyncio.Socket:
     return sock
 
 
-async def disconnected_within(monitor: zmq.asyncio.Socket, seconds: float) -> bool:
-    """True as soon as the monitored socket loses its connection; False after ``seconds``."""
+async def disconnected_within(client: Client, seconds: float) -> bool:
+    """True as soon as the client's socket loses its connection; False after ``seconds``.
 
-    async def wait_for_disconnect() -> None:
-        while True:
-            event = parse_monitor_message(await monitor.recv_multipart())
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                return
-
+    The client's own monitor (``Client.events``) tells: a socket has one monitor.
+    """
+    events = client.events
+    if events is None:
+        pytest.fail("the client has no open socket")
     try:
-        await asyncio.wait_for(wait_for_disconnect(), seconds)
+        await asyncio.wait_for(events.wait(zmq.EVENT_DISCONNECTED), seconds)
     except TimeoutError:
         return False
     return True
@@ -88,21 +86,16 @@ async def test_idle_connection_outlives_proxy_timeout_with_heartbeats(
     context: zmq.asyncio.Context, server_heartbeat_ms: int, client_heartbeat_ms: int
 ) -> None:
     async with idle_stack(server_heartbeat_ms) as stack:
-        config = ClientConfig(stack.endpoints, heartbeat_ms=client_heartbeat_ms)
+        config = ClientConfig(tuple(stack.endpoints), heartbeat_ms=client_heartbeat_ms)
         async with Client(config, context) as client:
             assert (await request(client, "before")).ok
             sock = open_socket(client)
-            monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-            try:
-                assert not await disconnected_within(monitor, IDLE_S), (
-                    f"nginx closed a connection idle for {IDLE_S} s although heartbeats "
-                    f"were on (proxy_timeout {SHORT_PROXY_TIMEOUT})"
-                )
-                assert (await request(client, "after")).ok
-                assert open_socket(client) is sock, "the reply needed a Lazy Pirate retry"
-            finally:
-                sock.disable_monitor()
-                monitor.close(linger=0)
+            assert not await disconnected_within(client, IDLE_S), (
+                f"nginx closed a connection idle for {IDLE_S} s although heartbeats "
+                f"were on (proxy_timeout {SHORT_PROXY_TIMEOUT})"
+            )
+            assert (await request(client, "after")).ok
+            assert open_socket(client) is sock, "the reply needed a Lazy Pirate retry"
 
 
 async def test_idle_connection_is_cut_after_proxy_timeout_without_heartbeats(
@@ -110,19 +103,13 @@ async def test_idle_connection_is_cut_after_proxy_timeout_without_heartbeats(
 ) -> None:
     """The control: with heartbeats off, the same idle connection is closed."""
     async with idle_stack(0) as stack:
-        config = ClientConfig(stack.endpoints, heartbeat_ms=0)
+        config = ClientConfig(tuple(stack.endpoints), heartbeat_ms=0)
         async with Client(config, context) as client:
             assert (await request(client, "before")).ok
-            sock = open_socket(client)
-            monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-            try:
-                assert await disconnected_within(monitor, IDLE_S), (
-                    f"nginx kept an idle connection without heartbeats for {IDLE_S} s; "
-                    f"proxy_timeout {SHORT_PROXY_TIMEOUT} is not in force"
-                )
-            finally:
-                sock.disable_monitor()
-                monitor.close(linger=0)
+            assert await disconnected_within(client, IDLE_S), (
+                f"nginx kept an idle connection without heartbeats for {IDLE_S} s; "
+                f"proxy_timeout {SHORT_PROXY_TIMEOUT} is not in force"
+            )
             # ZeroMQ reconnects by itself; the next request is answered.
             assert (await request(client, "after")).ok
 
@@ -151,7 +138,7 @@ async def test_least_conn_sends_new_connections_to_the_least_busy_replicas(
     ) as stack:
         # LocalStack's own probe of the port is the first connection logged.
         logged = len(await wait_for_lines(access_log, 1, REPLY_TIMEOUT_S))
-        first = [Client(ClientConfig(stack.endpoints), context) for _ in range(3)]
+        first = [Client(ClientConfig(tuple(stack.endpoints)), context) for _ in range(3)]
         try:
             replicas = [(await request(c, f"first-{i}")).replica for i, c in enumerate(first)]
             assert sorted(replicas) == ["replica-1", "replica-2", "replica-3"]
@@ -161,7 +148,7 @@ async def test_least_conn_sends_new_connections_to_the_least_busy_replicas(
             lines = await wait_for_lines(access_log, logged + 2, REPLY_TIMEOUT_S)
             for line in lines[logged:]:
                 assert re.search(r"upstream=127\.0\.0\.1:\d+ status=200 ", line), line
-            later = [Client(ClientConfig(stack.endpoints), context) for _ in range(2)]
+            later = [Client(ClientConfig(tuple(stack.endpoints)), context) for _ in range(2)]
             try:
                 again = {(await request(c, f"later-{i}")).replica for i, c in enumerate(later)}
             finally:
