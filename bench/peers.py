@@ -51,8 +51,8 @@ from bench.machine import machine
 from bench.peer_clients import LoadResult
 from bench.peer_servers import HTTP_PATH
 from bench.processes import BenchError, run_json, server_process
-from reqrep import cli
-from reqrep.stack import SERVER_SCRIPT, free_port
+from reqrep import cli, stack
+from reqrep.stack import free_port
 
 START_TIMEOUT_S: Final = 20.0
 STOP_TIMEOUT_S: Final = 5.0
@@ -102,7 +102,7 @@ def server_command(system: str, port: int) -> list[str]:
     """The command that runs ``system``'s server on 127.0.0.1:``port``."""
     if system in ("project-client", "project-req"):
         bind = f"tcp://127.0.0.1:{port}"
-        return [sys.executable, str(SERVER_SCRIPT), "--bind", bind, "--name", "project"]
+        return stack.server_command("--bind", bind, "--name", "project")
     if system == "ceiling":
         return ceiling_command(port)
     return [sys.executable, "-m", "bench.peer_servers", system, "--port", str(port)]

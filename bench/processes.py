@@ -13,9 +13,14 @@ import shlex
 import signal
 import tempfile
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import IO, Any
 
-from reqrep.stack import PROJECT_DIR, STOP_TIMEOUT_S, StackError, terminate, wait_listening
+from reqrep.errors import StackError
+from reqrep.stack import STOP_TIMEOUT_S, terminate, wait_listening
+
+# bench/ is run as `python -m bench.X` from the project directory.
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 START_TIMEOUT_S = 10.0
 TAIL_CHARS = 800

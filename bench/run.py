@@ -39,8 +39,9 @@ from bench.ceiling import command as ceiling_command
 from bench.loadgen import EXPECT_ECHO, EXPECT_SERVER, LoadResult
 from bench.machine import machine as describe_machine
 from bench.processes import BenchError, run_json, server_process
-from reqrep import cli
-from reqrep.stack import LocalStack, StackError, free_port, nginx_binary
+from reqrep import cli, nginx
+from reqrep.errors import StackError
+from reqrep.stack import LocalStack, free_port
 
 # The targets; client counts they are judged at.
 ONE_CLIENT_P50_VS_CEILING = 1.2
@@ -135,7 +136,7 @@ async def run_loadgen(
 
 async def measure(args: argparse.Namespace, rows: Sequence[Row]) -> list[Measurement]:
     """Every row at every client count, ``--repeat`` rounds; the median round of each."""
-    if nginx_binary() is None:
+    if nginx.binary() is None:
         skipped = [row.key for row in rows if row.nginx]
         if skipped:
             print(f"skipped {', '.join(skipped)}: nginx is not installed", file=sys.stderr)
@@ -296,10 +297,10 @@ def checks(measurements: Sequence[Measurement], work_ms: float) -> list[Check]:
 
 def machine() -> dict[str, str]:
     """bench.machine's description, with the version of the nginx the nginx rows use."""
-    nginx = nginx_binary()
+    binary = nginx.binary()
     version = "not installed"
-    if nginx:
-        done = subprocess.run([nginx, "-v"], capture_output=True, text=True, check=False)
+    if binary:
+        done = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False)
         version = done.stderr.strip().removeprefix("nginx version: ")
     return {**describe_machine(), "nginx": version}
 

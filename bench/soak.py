@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -31,10 +32,12 @@ from typing import Any
 
 import zmq.asyncio
 
+from bench.machine import open_fds, rss_kib
 from reqrep import cli, protocol
 from reqrep.client import Client
 from reqrep.config import ClientConfig
-from reqrep.stack import LocalStack, open_fds, rss_kib
+from reqrep.errors import RequestTimeout
+from reqrep.stack import LocalStack
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +90,7 @@ async def _client(
                 frames = protocol.encode_request(f"soak-{number}", data)
             try:
                 await client.request(frames, f"{number}.{sent}")
-            except protocol.RequestTimeout:
+            except RequestTimeout:
                 load.failed += 1
             else:
                 load.answered += 1
@@ -192,7 +195,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--duration-s",
         type=cli.float_at_least(0.001),
-        default=cli.env("SOAK_DURATION_S", "600"),
+        default=os.environ.get("SOAK_DURATION_S", "600"),
         help="how long to run (env SOAK_DURATION_S; CI: 30)",
     )
     parser.add_argument(

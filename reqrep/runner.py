@@ -1,4 +1,4 @@
-"""Many clients at once: separate ``client.py`` processes, interleaved output, a summary.
+"""Many clients at once: separate client processes, interleaved output, a summary.
 
 Each client's lines are shown prefixed like docker-compose's logs
 (``client_1  | Sending request: 0``); what the summary counts comes from each
@@ -19,17 +19,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from reqrep.config import setting
 from reqrep.report import ClientOutcome, ClientReport, Summary
-from reqrep.stack import PROJECT_DIR, LocalStack
-
-CLIENT_SCRIPT = PROJECT_DIR / "client.py"
+from reqrep.stack import LocalStack
 
 
 @dataclass(frozen=True, slots=True)
 class RunPlan:
     """How many clients, what each is told, and where they run."""
 
-    clients: int = 2
+    clients: int = setting(2, env="RUN_CLIENTS")
     client_args: Sequence[str] = ()  # client.py flags shared by every client
     requests: int = 10  # what each client was told to send, for a client that left no report
     docker: bool = False  # each client as `docker-compose run --rm client`
@@ -58,8 +57,7 @@ def client_command(plan: RunPlan, name: str, report: Path, endpoints: Sequence[s
             *("--address", name, "--report", f"/reports/{report.name}"),
         ]
     return [
-        sys.executable,
-        str(CLIENT_SCRIPT),
+        *(sys.executable, "-m", "reqrep", "client"),
         *plan.client_args,
         *connect,
         *("--address", f"{name}-{os.getpid()}", "--report", str(report)),
@@ -80,7 +78,6 @@ async def run_client(plan: RunPlan, command: list[str], name: str, report: Path)
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        cwd=PROJECT_DIR,  # where docker-compose finds docker-compose.yml (and .env)
     )
     try:
         if process.stdout is None or process.stderr is None:  # pragma: no cover

@@ -2,8 +2,10 @@
 
 Used by ``run_clients.py --local``, by the tests and by the benchmarks. Every
 process it starts is stopped when the ``async with`` block ends, also on error
-or Ctrl-C. A replica is ready when its port accepts connections (the stack
-picks the port); nothing here reads the servers' log text to decide that.
+or Ctrl-C. A replica is ``python -m reqrep server`` (the installed package, so
+this works from any directory); it is ready when its port accepts connections
+(the stack picks the port); nothing here reads the servers' log text to decide
+that. nginx's configuration text is ``reqrep.nginx``.
 """
 
 from __future__ import annotations
@@ -12,67 +14,50 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from typing import Final
+
+from reqrep import nginx
+from reqrep.errors import StackError
 
 logger = logging.getLogger(__name__)
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-SERVER_SCRIPT = PROJECT_DIR / "server.py"
-# The proxy settings every nginx of the project shares (compose, Swarm,
-# Kubernetes and this stack); this stack writes only its upstream and listen.
-SHARED_NGINX_CONF = PROJECT_DIR / "deploy" / "nginx" / "zmq-proxy.conf"
-UPSTREAM_SERVER_PARAMETERS = "max_fails=2 fail_timeout=3s"
 # On loopback every client has the same address, so nginx's per-address limit
 # (200 in deploy/nginx/zmq-limits.conf) would cap all clients together; the
 # local stack allows as many as its tests and benchmarks open.
-LOCAL_CONN_LIMIT = 2000
-DEBIAN_NGINX = Path("/usr/sbin/nginx")  # not on a non-root user's PATH
-DEBIAN_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
-START_TIMEOUT_S = 10.0
-STOP_TIMEOUT_S = 10.0
+LOCAL_CONN_LIMIT: Final = 2000
+START_TIMEOUT_S: Final = 10.0
+STOP_TIMEOUT_S: Final = 10.0
 
 
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process in KiB, from /proc/<pid>/status (VmRSS)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for process {pid}")
-
-
-def open_fds(pid: int) -> int:
-    """How many file descriptors a process has open."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-class StackError(RuntimeError):
-    """A process of the local stack did not start."""
+def server_command(*args: str) -> list[str]:
+    """The command line of a server replica from the installed package."""
+    return [sys.executable, "-m", "reqrep", "server", *args]
 
 
 @dataclass
 class Replica:
+    """A server process of the stack, its endpoint and its log (stderr), line by line."""
+
     name: str
     process: asyncio.subprocess.Process
     endpoint: str
     log: list[str] = field(default_factory=list)
     reader: asyncio.Task[None] | None = None
-    _new_line: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set whenever a line is added to ``log`` (and when the log ends); clear it to wait again.
+    new_line: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     async def spawn(
         cls, name: str, endpoint: str, command: Sequence[str], env: dict[str, str]
     ) -> Replica:
-        """Start a server process (bound to ``endpoint``) whose log (stderr) is kept, line by
-        line, in ``log``."""
+        """Start a server process (bound to ``endpoint``) whose log is kept in ``log``."""
         process = await asyncio.create_subprocess_exec(
             *command,
             stdin=asyncio.subprocess.DEVNULL,
@@ -101,16 +86,8 @@ class Replica:
             return
         async for raw in stream:
             self.log.append(raw.decode(errors="replace").rstrip())
-            self._new_line.set()
-        self._new_line.set()
-
-    async def wait_for_log(self, text: str, count: int = 1) -> None:
-        """Return once ``count`` lines of this replica's log contain ``text``."""
-        while sum(text in line for line in self.log) < count:
-            if self.reader is not None and self.reader.done():
-                raise StackError(f"{self.name}'s log ended before {count} x {text!r}")
-            self._new_line.clear()
-            await self._new_line.wait()
+            self.new_line.set()
+        self.new_line.set()
 
 
 def free_port() -> int:
@@ -119,72 +96,6 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def nginx_binary() -> str | None:
-    """nginx on PATH, else Debian's; None if neither is installed."""
-    return shutil.which("nginx") or (str(DEBIAN_NGINX) if DEBIAN_NGINX.exists() else None)
-
-
-def local_nginx_conf(
-    listen_port: int,
-    upstreams: Sequence[str],
-    *,
-    load_module: Path | None = None,
-    overrides: dict[str, str] | None = None,
-) -> str:
-    """The local stack's own nginx config: what is particular to it, and an include.
-
-    The proxy settings every target shares come from ``include`` of
-    deploy/nginx/zmq-proxy.conf (which includes ``zmq-limits.conf`` from the
-    directory of this config). Written here: one upstream ``server`` per
-    loopback replica, with the same balancing and passive health checks as the
-    other targets, the listen address, and ``overrides``: directives set again
-    in the ``server`` block, which replace the shared values there, e.g.
-    ``{"proxy_timeout": "1s"}``. The replicas' addresses are static: the local
-    nginx may be older than 1.27.3, which has no ``resolve``.
-    """
-    if not upstreams:
-        raise StackError("no replica to point nginx at")
-    servers = "".join(
-        f"        server {address} {UPSTREAM_SERVER_PARAMETERS};\n" for address in upstreams
-    )
-    settings = "".join(
-        f"        {directive} {value};\n" for directive, value in (overrides or {}).items()
-    )
-    module = "" if load_module is None else f"load_module {load_module};\n"
-    return (
-        f"{module}pid nginx.pid;\n"
-        "worker_processes auto;\n"
-        "worker_shutdown_timeout 2s;\n"
-        "events {\n    worker_connections 4096;\n}\n"
-        "stream {\n"
-        f'    include "{SHARED_NGINX_CONF}";\n'
-        "    upstream zmq_servers {\n"
-        "        least_conn;\n"
-        "        zone zmq_servers 64k;\n"
-        f"{servers}"
-        "    }\n"
-        "    server {\n"
-        f"        listen 127.0.0.1:{listen_port};\n"
-        "        proxy_pass zmq_servers;\n"
-        f"{settings}"
-        "    }\n"
-        "}\n"
-    )
-
-
-def local_nginx_limits(conn_limit: int) -> str:
-    """The local stack's ``zmq-limits.conf``: every local client has the address 127.0.0.1."""
-    return f"limit_conn zmq_per_address {conn_limit};\n"
-
-
-def _stream_module(binary: str) -> Path | None:
-    """Debian builds the stream module as a loadable module; official nginx has it built in."""
-    version = subprocess.run([binary, "-V"], capture_output=True, text=True, check=False).stderr
-    if "--with-stream=dynamic" in version and DEBIAN_STREAM_MODULE.exists():
-        return DEBIAN_STREAM_MODULE
-    return None
 
 
 class LocalStack:
@@ -209,7 +120,7 @@ class LocalStack:
             raise ValueError("at least one replica is needed")
         self.count = replicas
         self.server_args = list(server_args)
-        self.use_nginx = nginx_binary() is not None if nginx is None else nginx
+        self.use_nginx = nginx_binary_found() if nginx is None else nginx
         self.nginx_overrides = nginx_overrides or {}
         self.conn_limit = conn_limit
         self.env = env
@@ -236,12 +147,7 @@ class LocalStack:
             raise
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
     async def start(self) -> None:
@@ -253,15 +159,7 @@ class LocalStack:
 
     def server_command(self, name: str, endpoint: str) -> list[str]:
         """The command line of one server replica bound to ``endpoint``."""
-        return [
-            sys.executable,
-            str(SERVER_SCRIPT),
-            "--bind",
-            endpoint,
-            "--name",
-            name,
-            *self.server_args,
-        ]
+        return server_command("--bind", endpoint, "--name", name, *self.server_args)
 
     async def start_replica(self, name: str, port: int | None = None) -> Replica:
         """Start one server process on ``port`` (a free one by default); wait until it accepts."""
@@ -304,13 +202,17 @@ class LocalStack:
             self.nginx = None
 
 
+def nginx_binary_found() -> bool:
+    return nginx.binary() is not None
+
+
 class LocalNginx:
     """nginx on a free loopback port in front of fixed upstreams, in a directory of its own."""
 
     def __init__(
         self, upstreams: Sequence[str], overrides: dict[str, str], conn_limit: int
     ) -> None:
-        binary = nginx_binary()
+        binary = nginx.binary()
         if binary is None:
             raise StackError("nginx is not installed")
         self._binary = binary
@@ -319,9 +221,9 @@ class LocalNginx:
         self._workdir = tempfile.TemporaryDirectory(prefix="zmq-nginx-")
         workdir = Path(self._workdir.name)
         # zmq-limits.conf is included by the shared settings, from this directory.
-        (workdir / "zmq-limits.conf").write_text(local_nginx_limits(conn_limit))
-        conf = local_nginx_conf(
-            self.port, upstreams, load_module=_stream_module(binary), overrides=overrides
+        (workdir / "zmq-limits.conf").write_text(nginx.local_limits(conn_limit))
+        conf = nginx.local_conf(
+            self.port, upstreams, load_module=nginx.stream_module(binary), overrides=overrides
         )
         (workdir / "nginx.conf").write_text(conf)
 

@@ -41,13 +41,14 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from reqrep import protocol
+from reqrep import nginx, protocol
 from reqrep.client import Client
 from reqrep.config import ClientConfig, default
+from reqrep.errors import RequestTimeout
 from reqrep.report import percentile
 from reqrep.runner import compose_command
 from reqrep.server import Server
-from reqrep.stack import free_port, nginx_binary
+from reqrep.stack import Replica, free_port
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -69,23 +70,30 @@ def terminate(context: zmq.Context[Any]) -> None:
 
 
 class RunningServer:
-    """A Server serving in a task of the test's event loop."""
+    """A Server serving in the test's event loop."""
 
-    def __init__(self, server: Server, task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
-        self.task = task
-        self.stop_event = stop
 
     @property
     def endpoint(self) -> str:
         return self.server.endpoints[0]
 
     async def stop(self) -> None:
-        self.stop_event.set()
-        await asyncio.wait_for(asyncio.shield(self.task), STOP_TIMEOUT_S)
+        self.server.stop()
+        await asyncio.wait_for(self.server.wait_closed(), STOP_TIMEOUT_S)
 
 
-needs_nginx = pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed")
+async def wait_for_log(replica: Replica, text: str, count: int = 1) -> None:
+    """Return once ``count`` lines of a local stack replica's log contain ``text``."""
+    while sum(text in line for line in replica.log) < count:
+        if replica.reader is not None and replica.reader.done():
+            raise AssertionError(f"{replica.name}'s log ended before {count} x {text!r}")
+        replica.new_line.clear()
+        await replica.new_line.wait()
+
+
+needs_nginx = pytest.mark.skipif(nginx.binary() is None, reason="nginx is not installed")
 
 
 # --- the project's scripts and what they print ------------------------------------
@@ -132,6 +140,25 @@ async def run_script(
             process.kill()
             await process.wait()
     return Finished(status, stdout, stderr)
+
+
+def run_entry_point(
+    script: str, *args: str, env: dict[str, str] | None = None, timeout_s: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """``python3 <project>/<script> ARGS`` with ``env`` added to this process's; bounded.
+
+    For commands that end by themselves (usage errors, --help, a bad handler):
+    ``run_script`` is the asynchronous runner for the others.
+    """
+    return subprocess.run(
+        [sys.executable, str(PROJECT_DIR / script), *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+        cwd=PROJECT_DIR,
+    )
 
 
 async def _read_all(stream: asyncio.StreamReader | None) -> str:
@@ -498,7 +525,7 @@ async def probe_until(
                 )
                 for reply in replies:
                     if isinstance(reply, BaseException):
-                        if not isinstance(reply, protocol.RequestTimeout):
+                        if not isinstance(reply, RequestTimeout):
                             raise reply
                     else:
                         seen[reply] += 1
@@ -750,7 +777,7 @@ class MeasuredClients:
                 started = time.perf_counter()
                 try:
                     reply = await client.request(frames, f"{number}/{request}")
-                except protocol.RequestTimeout as lost:
+                except RequestTimeout as lost:
                     self.lost.append(str(lost))
                     return
                 self.latencies_ms.append((time.perf_counter() - started) * 1000)

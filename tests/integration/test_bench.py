@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from reqrep.stack import nginx_binary
+from reqrep import nginx
 from tests.support import run
 
 RUN_TIMEOUT_S = 180
@@ -21,7 +21,7 @@ def test_quick_run_prints_the_table_with_every_row_and_the_targets() -> None:
     lines = run_bench("--clients", "1,16,64").splitlines()
     labels = ["ceiling: sync REP echo", "server ROUTER, direct", "ROUTER --work-ms 20"]
     labels.append("REP --work-ms 20")
-    if nginx_binary() is not None:
+    if nginx.binary() is not None:
         labels += ["server via nginx", "3 replicas via nginx"]
     for label in labels:
         rows = [line for line in lines if line.startswith(label)]

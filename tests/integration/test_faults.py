@@ -21,10 +21,9 @@ from typing import Any
 
 import pytest
 
-from reqrep.stack import PROJECT_DIR, LocalStack
+from reqrep.stack import LocalStack
 from tests.support import needs_nginx, run_script
 
-CLIENT_SCRIPT = PROJECT_DIR / "client.py"
 RUN_TIMEOUT_S = 120.0
 TIMEOUT_MS = 1000
 TRIES = 5
@@ -70,8 +69,7 @@ class Clients:
 
     async def _run(self, run: ClientProcess) -> int:
         run.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(CLIENT_SCRIPT),
+            *(sys.executable, "-m", "reqrep", "client"),
             "--connect",
             self.endpoint,
             "--requests",

@@ -29,10 +29,11 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from bench.machine import open_fds, rss_kib
 from reqrep import protocol
 from reqrep.client import Client
 from reqrep.config import ClientConfig
-from reqrep.stack import LocalStack, open_fds, rss_kib
+from reqrep.stack import LocalStack
 
 LIMIT_BYTES = 64 * 1024
 REPLICA = b"replica-1"

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-from tests.support import PROJECT_DIR, run
+from tests.support import run
 
-SOAK = PROJECT_DIR / "bench" / "soak.py"
 # CI-sized by default; SOAK_TEST_DURATION_S=30 gives the CI soak.
 DURATION_S = float(os.environ.get("SOAK_TEST_DURATION_S", "8"))
 
@@ -16,8 +15,7 @@ def test_brief_soak_prints_samples_and_passes() -> None:
     warmup_s = DURATION_S / 4
     output = run(
         [
-            sys.executable,
-            str(SOAK),
+            *(sys.executable, "-m", "bench.soak"),
             "--duration-s",
             str(DURATION_S),
             "--warmup-s",

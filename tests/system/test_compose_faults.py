@@ -37,8 +37,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.machine import open_fds
 from reqrep.runner import compose_command
-from reqrep.stack import open_fds
 from tests.support import (
     PROJECT_DIR,
     MeasuredClients,

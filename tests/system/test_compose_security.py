@@ -44,6 +44,7 @@ import zmq.asyncio
 from reqrep import keys, protocol
 from reqrep.client import Client
 from reqrep.config import ClientConfig
+from reqrep.errors import RequestTimeout
 from tests.support import (
     ANSWER_TIMEOUT_S,
     Project,
@@ -355,7 +356,7 @@ class TestCurve:
         try:
             async with asyncio.timeout(ANSWER_TIMEOUT_S):
                 async with Client(replace(config, **overrides), context) as c:
-                    with pytest.raises(protocol.RequestTimeout):
+                    with pytest.raises(RequestTimeout):
                         await c.request(protocol.encode_request("intruder", b"let me in"))
                 # The service is still there for those with a key.
                 await wait_for_replica(curve.endpoint, **client_keys(curve_keys, "client1"))

@@ -18,7 +18,7 @@ They run in that order on one stack and are bounded in time. Without a Docker
 engine they are skipped. The tests without a mark check the stack file
 offline; the one marked ``docker`` runs ``nginx -t`` on Swarm's nginx config in
 the nginx image, laid out as the stack lays it out. (How the config is made up,
-and that each target ships the shared settings: tests/unit/test_nginx_config.py.)
+and that each target ships the shared settings: tests/unit/test_nginx.py.)
 """
 
 from __future__ import annotations

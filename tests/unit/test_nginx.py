@@ -3,7 +3,7 @@
 deploy/nginx/zmq-proxy.conf holds every ZeroMQ proxy setting (timeouts,
 retries, access log, per-address limit); compose (nginx.conf), Swarm
 (deploy/swarm/nginx.conf), Kubernetes (deploy/kubernetes/nginx.conf) and the
-local stack (reqrep.stack.local_nginx_conf) each write only where the replicas
+local stack (reqrep.nginx.local_conf) each write only where the replicas
 are, how they are found and where nginx listens, and include it. Here, without
 nginx or Docker: each target's file statement by statement, that no other file
 sets a shared setting, and that each target ships the shared files where its
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from reqrep import stack
+from reqrep import nginx
 from tests.support import PROJECT_DIR, nginx_statements
 
 SHARED = PROJECT_DIR / "deploy" / "nginx" / "zmq-proxy.conf"
@@ -96,20 +96,29 @@ def test_target_file_holds_only_its_upstream_resolver_and_listen(target: str) ->
 
 def test_local_stack_writes_static_loopback_upstreams_and_the_include() -> None:
     """The local nginx may be older than 1.27.3: static addresses, no resolver."""
-    text = stack.local_nginx_conf(6000, ["127.0.0.1:7001", "127.0.0.1:7002"])
+    text = nginx.local_conf(6000, ["127.0.0.1:7001", "127.0.0.1:7002"])
     assert nginx_statements(text) == [
         "pid nginx.pid;",
         "worker_processes auto;",
         "worker_shutdown_timeout 2s;",
         *EVENTS,
-        *stream([], f'"{SHARED}"', ["127.0.0.1:7001", "127.0.0.1:7002"], "127.0.0.1:6000"),
+        *stream(
+            [], f'"{nginx.shared_conf()}"', ["127.0.0.1:7001", "127.0.0.1:7002"], "127.0.0.1:6000"
+        ),
     ]
-    assert stack.UPSTREAM_SERVER_PARAMETERS == HEALTH
+    assert nginx.UPSTREAM_SERVER_PARAMETERS == HEALTH
+
+
+def test_the_package_carries_the_shared_settings_file() -> None:
+    """reqrep/zmq-proxy.conf is deploy/nginx/zmq-proxy.conf (a link in a checkout, a copy once
+    installed), so the local stack includes the same settings as every other target."""
+    assert nginx.shared_conf().read_text() == SHARED.read_text()
+    assert nginx.shared_conf().resolve() == SHARED.resolve()
 
 
 def test_local_stack_overrides_go_in_its_server_block() -> None:
     """A setting given again in the server block replaces the shared one there."""
-    text = stack.local_nginx_conf(
+    text = nginx.local_conf(
         6000, ["127.0.0.1:7001"], load_module=Path("/m.so"), overrides={"proxy_timeout": "1s"}
     )
     statements = nginx_statements(text)
@@ -122,7 +131,7 @@ def test_local_stack_overrides_go_in_its_server_block() -> None:
         "}",
         "}",
     ]
-    assert stack.local_nginx_limits(7) == "limit_conn zmq_per_address 7;\n"
+    assert nginx.local_limits(7) == "limit_conn zmq_per_address 7;\n"
 
 
 def shared_directives() -> set[str]:
@@ -138,6 +147,8 @@ def project_files() -> list[Path]:
     found = []
     for path in PROJECT_DIR.rglob("*"):
         if skip & set(path.relative_to(PROJECT_DIR).parts) or not path.is_file():
+            continue
+        if path.is_symlink() and path.resolve() == SHARED.resolve():  # the package's link to it
             continue
         if path.suffix in {".conf", ".yaml", ".yml", ".tpl"} or path.name.startswith("Dockerfile"):
             found.append(path)
@@ -155,7 +166,7 @@ def test_each_proxy_setting_is_set_in_the_shared_file_only() -> None:
     }
     assert {path: found for path, found in elsewhere.items() if found} == {}
     # The local stack writes none of them either, unless a test overrides one.
-    assert not setting.search(stack.local_nginx_conf(6000, ["127.0.0.1:7001"]))
+    assert not setting.search(nginx.local_conf(6000, ["127.0.0.1:7001"]))
 
 
 def test_default_connection_limit_is_200_per_client_address() -> None:
