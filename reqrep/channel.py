@@ -1,0 +1,359 @@
+"""The multiplexing client: many requests in flight on one object, over DEALER sockets.
+
+    async with Channel(ChannelConfig(endpoints=("tcp://localhost:5555",))) as channel:
+        bodies = await asyncio.gather(*(channel.call(b"x") for _ in range(100)))
+
+Any number of tasks may await requests on one channel at once. Each request gets an
+id; it goes out as ``[id, "", address, data]`` on one of the channel's DEALER sockets,
+the server echoes the envelope (``reqrep.protocol.split_envelope``: ROUTER adds its
+routing id in front, the id and the delimiter are the client's), and the reply comes
+back as ``[id, "", status, replica, body]`` and is matched to the request waiting for
+it. The wire format is unchanged: a REQ socket with ``ZMQ_REQ_CORRELATE`` does the same.
+
+- **Connections.** ``connections`` DEALER sockets, each one TCP connection; through
+  nginx each lands on one replica, so N connections spread the load over up to N
+  replicas. A request takes the connection with the fewest requests pending.
+- **Timeouts and retries.** A try lasts ``timeout_ms``; an idempotent request (the
+  default, as the Lazy Pirate client assumes) is then sent again with the same id, up
+  to ``tries`` tries, and a late reply to an earlier try is dropped. When a connection
+  is lost (a replica died, nginx restarted) its pending idempotent requests are sent
+  again at once, within the time their try has left. After the last try the request
+  raises ``RequestTimeout`` (or ``ConnectFailed``/``HandshakeFailed``) saying why.
+- **Nothing left behind.** A request that completes, times out or is cancelled is
+  forgotten at once: its entry, its timer and any late reply.
+- **Reading.** Each socket has one reader on the event loop: once woken it drains
+  every queued reply (the synchronous receive, while ``ZMQ_EVENTS`` shows more), so
+  a busy channel pays one wake-up per batch, not per reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final, cast
+
+import zmq
+import zmq.asyncio
+
+from reqrep import endpoints, keys, protocol
+from reqrep.config import ClientConfig, heartbeat_options, setting
+from reqrep.errors import ChannelClosed, MalformedReply, RequestTimeout
+from reqrep.events import ConnectionEvents, explain
+from reqrep.frames import recv_now, send_now
+
+logger = logging.getLogger(__name__)
+
+_POLLIN: Final = int(zmq.POLLIN)
+_EVENTS: Final = int(zmq.EVENTS)
+_DELIMITER: Final = b""
+# A reply on a DEALER: the request id, the delimiter, then the three reply frames.
+_REPLY_FRAMES: Final = 2 + protocol.REPLY_FRAMES
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelConfig(ClientConfig):
+    """A channel: a client's settings, and how many connections it keeps."""
+
+    # DEALER sockets, each one TCP connection (through nginx: one replica each).
+    connections: int = setting(1, env="CLIENT_CONNECTIONS")
+
+
+class _Call:
+    """One request in flight: its id, its frames, the future its caller awaits, its try."""
+
+    __slots__ = (
+        "deadline",
+        "events_from",
+        "future",
+        "idempotent",
+        "key",
+        "label",
+        "message",
+        "route",
+        "timeout_s",
+        "timer",
+        "tries",
+    )
+
+    def __init__(
+        self,
+        key: bytes,
+        message: list[bytes],
+        future: asyncio.Future[list[bytes]],
+        timeout_s: float,
+        idempotent: bool,
+        label: str,
+    ) -> None:
+        self.key = key
+        self.message = message
+        self.future = future
+        self.timeout_s = timeout_s
+        self.idempotent = idempotent
+        self.label = label
+        self.tries = 0
+        self.route: _Connection | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
+        self.events_from = 0
+
+
+class _Connection:
+    """One DEALER socket of a channel: its reader, its monitor, what it has pending."""
+
+    def __init__(self, channel: Channel, owner: zmq.asyncio.Socket) -> None:
+        self.channel = channel
+        self.owner = owner
+        # The synchronous handle on the same socket: every send and receive goes through it,
+        # and the reader below drives it from the socket's file descriptor.
+        self.socket: zmq.Socket[bytes] = zmq.Socket.shadow(owner.underlying)
+        self.events = ConnectionEvents(owner)
+        self.pending = 0
+        self._check_scheduled = False
+        self._loop = asyncio.get_running_loop()
+        self._fd = cast(int, self.socket.getsockopt(zmq.FD))
+        # ZMQ_EVENTS is an int; pyzmq's annotation of getsockopt allows bytes too.
+        self._option = cast(Callable[[int], int], self.socket.getsockopt)
+        self._loop.add_reader(self._fd, self.read)
+        self._watcher = asyncio.create_task(self._watch())
+
+    def send(self, call: _Call) -> None:
+        """Put ``call`` on this socket (it never blocks: no high-water mark)."""
+        call.route = self
+        call.events_from = self.events.total
+        self.pending += 1
+        send_now(self.socket, call.message)
+        # A send on the socket may take in the notification the reader waits for (the
+        # descriptor is edge-triggered): look for replies once this turn of the loop ends.
+        if not self._check_scheduled:
+            self._check_scheduled = True
+            self._loop.call_soon(self.read)
+
+    def read(self) -> None:
+        """Hand every reply queued on the socket to its caller, then wait for the next edge."""
+        self._check_scheduled = False
+        sock = self.socket
+        option = self._option
+        calls = self.channel.calls
+        while option(_EVENTS) & _POLLIN:
+            frames = recv_now(sock)
+            call = calls.get(frames[0])
+            if call is None or call.future.done():
+                continue  # a late reply to a try already answered, or to a request gone
+            if len(frames) != _REPLY_FRAMES or frames[1]:
+                call.future.set_exception(MalformedReply(f"not a reply on a DEALER: {frames!r}"))
+            else:
+                call.future.set_result(frames)
+
+    async def _watch(self) -> None:
+        """Follow the monitor: a lost connection sends its pending requests again."""
+        while True:
+            event = await self.events.wait(zmq.EVENT_DISCONNECTED)
+            logger.debug("Connection lost (%s); resending what it had pending", event)
+            self.channel.resend_from(self)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._fd)
+        self._watcher.cancel()
+        self.events.close()
+        self.owner.close(linger=0)
+
+
+class Channel:
+    """Many requests in flight on one client: DEALER sockets, replies matched by id.
+
+    ``context``: a ZeroMQ asyncio context to use (the caller's to terminate); by
+    default the channel makes its own and ends it on ``close()``. Endpoints and CURVE
+    keys are checked at once (``EndpointError``, ``CurveKeyError``); the sockets open
+    on entering ``async with`` (or ``open()``), inside the running event loop.
+    """
+
+    def __init__(
+        self, config: ChannelConfig | None = None, context: zmq.asyncio.Context | None = None
+    ) -> None:
+        config = ChannelConfig() if config is None else config
+        if config.tries < 1 or config.connections < 1:
+            raise ValueError("tries and connections must be at least 1")
+        endpoints.check_all(config.endpoints)
+        self._curve = keys.ClientCurve.load(config.curve_server_key, config.curve_secret_key)
+        self.config = config
+        self._own_context = context is None
+        self._context = context
+        self._timeout_s = config.timeout_ms / 1000
+        self._ids = itertools.count(1)
+        self._connections: list[_Connection] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Every request in flight, by id.
+        self.calls: dict[bytes, _Call] = {}
+
+    # -- opening and closing -------------------------------------------------------
+
+    async def __aenter__(self) -> Channel:
+        self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Open the connections (in the running event loop); requests may then be sent."""
+        if self._connections:
+            return
+        self._loop = asyncio.get_running_loop()
+        if self._context is None:
+            self._context = zmq.asyncio.Context()
+        self._connections = [
+            _Connection(self, self._socket()) for _ in range(self.config.connections)
+        ]
+
+    def _socket(self) -> zmq.asyncio.Socket:
+        assert self._context is not None
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        # No high-water mark: what is in flight is what callers sent, and a send never blocks.
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        if self._curve is not None:
+            self._curve.apply(sock)
+        for option, value in heartbeat_options(self.config.heartbeat_ms).items():
+            sock.setsockopt(option, value)
+        for endpoint in self.config.endpoints:
+            sock.connect(endpoint)
+        return sock
+
+    def close(self) -> None:
+        """Close the connections; requests still pending raise ``ChannelClosed``."""
+        for call in list(self.calls.values()):
+            if not call.future.done():
+                call.future.set_exception(ChannelClosed("the channel was closed"))
+        for connection in self._connections:
+            connection.close()
+        self._connections = []
+        if self._own_context and self._context is not None:
+            self._context.term()
+            self._context = None
+
+    @property
+    def pending(self) -> int:
+        """Requests in flight now."""
+        return len(self.calls)
+
+    # -- requests --------------------------------------------------------------------
+
+    async def request(
+        self,
+        frames: Sequence[bytes],
+        *,
+        label: str = "",
+        timeout_ms: float | None = None,
+        idempotent: bool = True,
+    ) -> protocol.Reply:
+        """Send a request's frames and return its reply, whatever its status.
+
+        ``timeout_ms`` replaces the channel's time per try for this request; a request
+        that is not ``idempotent`` is sent once and never again (a timeout, or a lost
+        connection, raises at once).
+        """
+        loop = self._loop
+        if loop is None or not self._connections:
+            raise ChannelClosed("the channel is not open: use `async with` or open()")
+        key = next(self._ids).to_bytes(8, "little")
+        timeout_s = self._timeout_s if timeout_ms is None else timeout_ms / 1000
+        call = _Call(
+            key, [key, _DELIMITER, *frames], loop.create_future(), timeout_s, idempotent, label
+        )
+        self.calls[key] = call
+        try:
+            self._send(call)
+            reply = await call.future
+        finally:
+            self._forget(call)
+        return protocol.parse_reply(reply[2:])
+
+    async def call(
+        self,
+        data: bytes,
+        *,
+        address: str | None = None,
+        timeout_ms: float | None = None,
+        idempotent: bool = True,
+    ) -> bytes:
+        """Send ``data`` (from ``address``, by default ``config.address``) and return the
+        reply's body; a reply other than ``Server response`` raises its ``ReplyError``."""
+        frames = protocol.encode_request(address or self.config.address, data)
+        reply = await self.request(frames, timeout_ms=timeout_ms, idempotent=idempotent)
+        return protocol.body_of(reply)
+
+    def _pick(self) -> _Connection:
+        connections = self._connections
+        if len(connections) == 1:
+            return connections[0]
+        return min(connections, key=_pending)
+
+    def _send(self, call: _Call) -> None:
+        """One try: on the least busy connection, with a timer for its end."""
+        assert self._loop is not None
+        call.tries += 1
+        call.deadline = self._loop.time() + call.timeout_s
+        call.timer = self._loop.call_at(call.deadline, self._expire, call)
+        self._pick().send(call)
+
+    def _leave_route(self, call: _Call) -> None:
+        if call.route is not None:
+            call.route.pending -= 1
+            call.route = None
+
+    def _forget(self, call: _Call) -> None:
+        """The request is over (answered, failed, timed out or cancelled): drop all of it."""
+        self.calls.pop(call.key, None)
+        self._leave_route(call)
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
+
+    def _expire(self, call: _Call) -> None:
+        """A try's time is up: send it again, or fail it with why."""
+        if call.future.done():
+            return
+        route = call.route
+        self._leave_route(call)
+        if call.idempotent and call.tries < self.config.tries:
+            logger.debug("No reply to %s within %g s; trying again", call.label, call.timeout_s)
+            self._send(call)
+            return
+        call.future.set_exception(self._timeout(call, route))
+
+    def _timeout(self, call: _Call, route: _Connection | None) -> RequestTimeout:
+        tries = call.tries
+        if route is None:
+            failure, reason = RequestTimeout, "no connection to send it on"
+        elif route.events.up and not route.events.since(call.events_from):
+            failure, reason = RequestTimeout, "connected, but no reply came in time"
+        else:
+            failure, reason = explain([route.events.since(call.events_from)], self.config.endpoints)
+        return failure(self.config.endpoints, call.label, tries, reason)
+
+    def resend_from(self, lost: _Connection) -> None:
+        """A connection was lost: its idempotent requests go again at once (within the time
+        their try has left); the others fail, since they may or may not have been handled."""
+        assert self._loop is not None
+        for call in [c for c in self.calls.values() if c.route is lost and not c.future.done()]:
+            if call.idempotent:
+                self._leave_route(call)
+                self._pick().send(call)
+            else:
+                self._leave_route(call)
+                call.future.set_exception(
+                    RequestTimeout(
+                        self.config.endpoints,
+                        call.label,
+                        call.tries,
+                        "the connection was lost before the reply; not sent again (not idempotent)",
+                    )
+                )
+
+
+def _pending(connection: _Connection) -> int:
+    return connection.pending
