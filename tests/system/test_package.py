@@ -10,6 +10,7 @@ reach PyPI, as every install here does.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import venv
 from pathlib import Path
@@ -29,9 +30,18 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv with the package installed from the checkout; its bin/."""
     home = tmp_path_factory.mktemp("venv")
     venv.create(home, with_pip=True)
+    # A copy of what git tracks, as a fresh clone has it (pip builds in the tree it is given).
+    source = tmp_path_factory.mktemp("source")
+    archive = subprocess.run(
+        ["git", "-C", str(PROJECT_DIR), "ls-files", "-z"], capture_output=True, check=True
+    )
+    for name in archive.stdout.decode().split("\0"):
+        if name and (PROJECT_DIR / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(PROJECT_DIR / name, source / name)
     pip = [str(home / "bin" / "python"), "-m", "pip", "install", "--quiet"]
     done = subprocess.run(
-        [*pip, "--disable-pip-version-check", str(PROJECT_DIR)],
+        [*pip, "--disable-pip-version-check", str(source)],
         capture_output=True,
         text=True,
         timeout=INSTALL_TIMEOUT_S,
