@@ -20,7 +20,7 @@ it. The wire format is unchanged: a REQ socket with ``ZMQ_REQ_CORRELATE`` does t
   again at once, within the time their try has left. After the last try the request
   raises ``RequestTimeout`` (or ``ConnectFailed``/``HandshakeFailed``) saying why.
 - **Nothing left behind.** A request that completes, times out or is cancelled is
-  forgotten at once: its entry, its timer and any late reply.
+  forgotten at once: its entry, and any late reply to it.
 - **Reading.** Each socket has one reader on the event loop: once woken it drains
   every queued reply (the synchronous receive, while ``ZMQ_EVENTS`` shows more), so
   a busy channel pays one wake-up per batch, not per reply.
@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, cast
@@ -42,15 +43,19 @@ from reqrep import endpoints, keys, protocol
 from reqrep.config import ClientConfig, heartbeat_options, setting
 from reqrep.errors import ChannelClosed, MalformedReply, RequestTimeout
 from reqrep.events import ConnectionEvents, explain
-from reqrep.frames import recv_now, send_now
+from reqrep.frames import recv_now, send_or_again
 
 logger = logging.getLogger(__name__)
 
 _POLLIN: Final = int(zmq.POLLIN)
+_POLLOUT: Final = int(zmq.POLLOUT)
 _EVENTS: Final = int(zmq.EVENTS)
 _DELIMITER: Final = b""
 # A reply on a DEALER: the request id, the delimiter, then the three reply frames.
 _REPLY_FRAMES: Final = 2 + protocol.REPLY_FRAMES
+# Tries end on a sweep of every request in flight, each tick: a tenth of the timeout.
+TICK_FRACTION: Final = 0.1
+MIN_TICK_S: Final = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +79,6 @@ class _Call:
         "message",
         "route",
         "timeout_s",
-        "timer",
         "tries",
     )
 
@@ -95,13 +99,18 @@ class _Call:
         self.label = label
         self.tries = 0
         self.route: _Connection | None = None
-        self.timer: asyncio.TimerHandle | None = None
         self.deadline = 0.0
         self.events_from = 0
 
 
 class _Connection:
-    """One DEALER socket of a channel: its reader, its monitor, what it has pending."""
+    """One DEALER socket of a channel: its reader, its monitor, what it has pending.
+
+    The socket has ``ZMQ_IMMEDIATE``: it takes a message only when its connection is up,
+    so nothing waits in ZeroMQ's queue for a server that is gone (to be handled long
+    after its caller gave up). Until the connection is up, requests wait in ``outbox``,
+    where one whose caller has given up is simply dropped.
+    """
 
     def __init__(self, channel: Channel, owner: zmq.asyncio.Socket) -> None:
         self.channel = channel
@@ -111,6 +120,7 @@ class _Connection:
         self.socket: zmq.Socket[bytes] = zmq.Socket.shadow(owner.underlying)
         self.events = ConnectionEvents(owner)
         self.pending = 0
+        self.outbox: deque[_Call] = deque()
         self._check_scheduled = False
         self._loop = asyncio.get_running_loop()
         self._fd = cast(int, self.socket.getsockopt(zmq.FD))
@@ -120,11 +130,17 @@ class _Connection:
         self._watcher = asyncio.create_task(self._watch())
 
     def send(self, call: _Call) -> None:
-        """Put ``call`` on this socket (it never blocks: no high-water mark)."""
+        """Put ``call`` on this socket, or in the outbox until the connection is up."""
         call.route = self
         call.events_from = self.events.total
         self.pending += 1
-        send_now(self.socket, call.message)
+        if self.outbox:
+            self.outbox.append(call)
+        else:
+            try:
+                send_or_again(self.socket, call.message)
+            except zmq.Again:
+                self.outbox.append(call)
         # A send on the socket may take in the notification the reader waits for (the
         # descriptor is edge-triggered): look for replies once this turn of the loop ends.
         if not self._check_scheduled:
@@ -132,12 +148,13 @@ class _Connection:
             self._loop.call_soon(self.read)
 
     def read(self) -> None:
-        """Hand every reply queued on the socket to its caller, then wait for the next edge."""
+        """Hand every reply queued on the socket to its caller, send what waits in the
+        outbox if it can go now, then wait for the next edge."""
         self._check_scheduled = False
         sock = self.socket
         option = self._option
         calls = self.channel.calls
-        while option(_EVENTS) & _POLLIN:
+        while (events := option(_EVENTS)) & _POLLIN:
             frames = recv_now(sock)
             call = calls.get(frames[0])
             if call is None or call.future.done():
@@ -146,13 +163,35 @@ class _Connection:
                 call.future.set_exception(MalformedReply(f"not a reply on a DEALER: {frames!r}"))
             else:
                 call.future.set_result(frames)
+        if self.outbox and events & _POLLOUT:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what waits in the outbox, as far as the socket takes it; drop what is over."""
+        outbox = self.outbox
+        while outbox:
+            call = outbox[0]
+            if call.route is self and not call.future.done():
+                try:
+                    send_or_again(self.socket, call.message)
+                except zmq.Again:
+                    return
+            outbox.popleft()
+
+    def prune(self) -> None:
+        """Drop from the outbox the requests that are over, or that went another way."""
+        if self.outbox:
+            self.outbox = deque(c for c in self.outbox if c.route is self and not c.future.done())
 
     async def _watch(self) -> None:
         """Follow the monitor: a lost connection sends its pending requests again."""
         while True:
-            event = await self.events.wait(zmq.EVENT_DISCONNECTED)
-            logger.debug("Connection lost (%s); resending what it had pending", event)
-            self.channel.resend_from(self)
+            event = await self.events.wait(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
+            if event.kind == zmq.EVENT_DISCONNECTED:
+                logger.debug("Connection lost; resending what it had pending")
+                self.channel.resend_from(self)
+            else:
+                self.read()  # connected: what waits in the outbox can go
 
     def close(self) -> None:
         self._loop.remove_reader(self._fd)
@@ -185,6 +224,8 @@ class Channel:
         self._ids = itertools.count(1)
         self._connections: list[_Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._tick_s = 0.0
         # Every request in flight, by id.
         self.calls: dict[bytes, _Call] = {}
 
@@ -212,9 +253,8 @@ class Channel:
         assert self._context is not None
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        # No high-water mark: what is in flight is what callers sent, and a send never blocks.
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
+        # Messages are taken only while the connection is up (see _Connection).
+        sock.setsockopt(zmq.IMMEDIATE, 1)
         if self._curve is not None:
             self._curve.apply(sock)
         for option, value in heartbeat_options(self.config.heartbeat_ms).items():
@@ -231,6 +271,9 @@ class Channel:
         for connection in self._connections:
             connection.close()
         self._connections = []
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._own_context and self._context is not None:
             self._context.term()
             self._context = None
@@ -287,18 +330,46 @@ class Channel:
         return protocol.body_of(reply)
 
     def _pick(self) -> _Connection:
+        """The connection with the fewest requests pending, among those up if any is."""
         connections = self._connections
         if len(connections) == 1:
             return connections[0]
-        return min(connections, key=_pending)
+        up = [c for c in connections if c.events.up] or connections
+        return min(up, key=_pending)
 
     def _send(self, call: _Call) -> None:
-        """One try: on the least busy connection, with a timer for its end."""
+        """One try, on the least busy connection, until ``deadline`` (see ``_sweep``)."""
         assert self._loop is not None
         call.tries += 1
         call.deadline = self._loop.time() + call.timeout_s
-        call.timer = self._loop.call_at(call.deadline, self._expire, call)
+        self._watch_deadline(call.timeout_s)
         self._pick().send(call)
+
+    def _watch_deadline(self, timeout_s: float) -> None:
+        """Have ``_sweep`` run often enough for a try of ``timeout_s``."""
+        tick_s = max(MIN_TICK_S, timeout_s * TICK_FRACTION)
+        if self._sweeper is not None and tick_s >= self._tick_s:
+            return
+        assert self._loop is not None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._tick_s = tick_s
+        self._sweeper = self._loop.call_later(tick_s, self._sweep)
+
+    def _sweep(self) -> None:
+        """Every tick while requests are in flight: the tries whose time is up are sent again
+        or fail. One timer for the channel, not one per request: a try ends between its
+        deadline and one tick (a tenth of its timeout) later."""
+        assert self._loop is not None
+        self._sweeper = None
+        now = self._loop.time()
+        for call in [c for c in self.calls.values() if c.deadline <= now]:
+            self._expire(call)
+        for connection in self._connections:
+            connection.prune()
+        if self.calls:
+            tick_s = self._tick_s
+            self._sweeper = self._loop.call_later(tick_s, self._sweep)
 
     def _leave_route(self, call: _Call) -> None:
         if call.route is not None:
@@ -309,9 +380,6 @@ class Channel:
         """The request is over (answered, failed, timed out or cancelled): drop all of it."""
         self.calls.pop(call.key, None)
         self._leave_route(call)
-        if call.timer is not None:
-            call.timer.cancel()
-            call.timer = None
 
     def _expire(self, call: _Call) -> None:
         """A try's time is up: send it again, or fail it with why."""
@@ -332,7 +400,8 @@ class Channel:
         elif route.events.up and not route.events.since(call.events_from):
             failure, reason = RequestTimeout, "connected, but no reply came in time"
         else:
-            failure, reason = explain([route.events.since(call.events_from)], self.config.endpoints)
+            tried = [route.events.since(call.events_from)]
+            failure, reason = explain(tried, self.config.endpoints, self._curve is not None)
         return failure(self.config.endpoints, call.label, tries, reason)
 
     def resend_from(self, lost: _Connection) -> None:

@@ -131,7 +131,7 @@ class Client:
                 *(self.config.timeout_ms, attempt, self.config.tries),
             )
             self._close_socket()
-        failure, reason = explain(seen, self.config.endpoints)
+        failure, reason = explain(seen, self.config.endpoints, self._curve is not None)
         raise failure(self.config.endpoints, label, self.config.tries, reason)
 
     async def call(self, data: bytes, address: str | None = None) -> bytes:

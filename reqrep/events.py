@@ -9,11 +9,11 @@ the reason its request went unanswered, and the exception to raise for it.
 
     refused or unreachable    connect delayed, closed, retried; never connected
     host does not resolve     connect retried only (libzmq resolves, fails, retries)
-    CURVE on one side only    handshake failed (protocol: mechanism mismatch)
+    CURVE on one side only    handshake failed (protocol: mechanism mismatch), or closed
     wrong server key          handshake failed (no detail: the server said nothing)
+    proxy with no server      the same: nginx closes the connection during the handshake
     client key not authorized handshake failed (auth, with the ZAP status code)
     message over the limit    handshaken, request sent, then disconnected by the server
-    proxy with no server      connected (to the proxy), disconnected before any handshake
 """
 
 from __future__ import annotations
@@ -128,8 +128,9 @@ class ConnectionEvents:
         self._owner.close(linger=0)
 
 
-def handshake_failure(event: Event) -> str | None:
-    """Why a handshake failed, in words, or None if ``event`` is not a handshake failure."""
+def handshake_failure(event: Event, curve: bool) -> str | None:
+    """Why a client's handshake failed, in words (``curve``: whether the client uses CURVE),
+    or None if ``event`` is not a handshake failure."""
     if event.kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         return (
             f"the server refused this client's key (ZAP status {event.value}): "
@@ -140,9 +141,14 @@ def handshake_failure(event: Event) -> str | None:
             return "security mismatch: one side uses CURVE encryption and the other does not"
         return f"the handshake broke the ZMTP protocol (error {event.value:#x})"
     if event.kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        if curve:
+            return (
+                "the connection closed during the handshake: the server's public key given to "
+                "the client is probably not the server's, or a proxy (nginx) reaches no server"
+            )
         return (
-            "the handshake failed: with CURVE, the server's public key given to the client "
-            "is probably not the server's"
+            "the connection closed during the handshake: a proxy (nginx) that reaches no "
+            "server, or a server that requires CURVE encryption, which this client does not use"
         )
     return None
 
@@ -175,7 +181,7 @@ def refusal(event: Event) -> Refusal | None:
 
 
 def explain(
-    tries: Sequence[Sequence[Event]], endpoints: Sequence[str]
+    tries: Sequence[Sequence[Event]], endpoints: Sequence[str], curve: bool = False
 ) -> tuple[type[RequestTimeout], str]:
     """Why no reply came, from the events of each try: the exception class and the reason.
 
@@ -185,7 +191,7 @@ def explain(
     events = [event for attempt in tries for event in attempt]
     kinds = {event.kind for event in events}
     for event in events:
-        reason = handshake_failure(event)
+        reason = handshake_failure(event, curve)
         if reason is not None:
             return HandshakeFailed, reason
     if zmq.EVENT_CONNECTED not in kinds:

@@ -48,7 +48,15 @@ def send_public(sock: zmq.Socket[Any], frames: list[bytes]) -> None:
     sock.send_multipart(frames)
 
 
-def _fast_path() -> tuple[Receive, Wait, Send] | None:
+def send_or_again_public(sock: zmq.Socket[Any], frames: list[bytes]) -> None:
+    """Queue a multipart message now, or raise ``zmq.Again`` having queued none of it."""
+    last = len(frames) - 1
+    sock.send(frames[0], _NOBLOCK | (_SNDMORE if last else 0))
+    for index in range(1, last + 1):  # once the first frame is in, the rest always is
+        sock.send(frames[index], _SNDMORE if index < last else 0)
+
+
+def _fast_path() -> tuple[Receive, Wait, Send, Send] | None:
     backend = getattr(zmq, "backend", None)
     backend_socket = getattr(backend, "Socket", None)
     send_frame = getattr(backend_socket, "send", None)
@@ -74,7 +82,13 @@ def _fast_path() -> tuple[Receive, Wait, Send] | None:
             send_frame(sock, frame, _SNDMORE)
         send_frame(sock, frames[-1])
 
-    return recv_fast, recv_wait_fast, send_fast
+    def send_or_again_fast(sock: zmq.Socket[Any], frames: list[bytes]) -> None:
+        last = len(frames) - 1
+        send_frame(sock, frames[0], _NOBLOCK | (_SNDMORE if last else 0))
+        for index in range(1, last + 1):  # once the first frame is in, the rest always is
+            send_frame(sock, frames[index], _SNDMORE if index < last else 0)
+
+    return recv_fast, recv_wait_fast, send_fast, send_or_again_fast
 
 
 _fast = _fast_path()
@@ -88,3 +102,7 @@ recv_wait: Wait = _fast[1] if _fast is not None else recv_wait_public
 
 send_now: Send = _fast[2] if _fast is not None else send_public
 """Send a multipart message of bytes (on a ROUTER socket this never blocks)."""
+
+send_or_again: Send = _fast[3] if _fast is not None else send_or_again_public
+"""Queue a multipart message now, or raise ``zmq.Again`` having queued none of it (a DEALER
+with no connection up, under ``ZMQ_IMMEDIATE``, or at its high-water mark)."""

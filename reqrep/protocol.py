@@ -223,15 +223,19 @@ def _detail(text: str) -> bytes:
     return encoded[: MAX_DETAIL_BYTES - 3].decode("utf-8", errors="ignore").encode() + b"..."
 
 
+_STATUS_TEXT: Final = {status: status.decode() for status in STATUSES}
+
+
 def parse_reply(frames: Sequence[bytes]) -> Reply:
     """Decode a reply's frames; raise ``MalformedReply`` if it is not one."""
     if len(frames) != REPLY_FRAMES:
         raise MalformedReply(f"wrong number of frames: {len(frames)}, expected 3")
-    status, replica, body = (bytes(frame) for frame in frames)
-    if status not in STATUSES:
-        raise MalformedReply(f"unknown status {status[:40]!r}")
+    status, replica, body = frames
+    text = _STATUS_TEXT.get(bytes(status))
+    if text is None:
+        raise MalformedReply(f"unknown status {bytes(status)[:40]!r}")
     try:
-        return Reply(status.decode(), replica.decode("utf-8"), body)
+        return Reply(text, bytes(replica).decode("utf-8"), bytes(body))
     except UnicodeDecodeError:
         raise MalformedReply("replica name is not valid UTF-8") from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from zmq.utils.monitor import parse_monitor_message
 from reqrep import keys, protocol
 from reqrep.client import Client
 from reqrep.commands import keys as keys_cli
-from reqrep.errors import CurveKeyError, RequestTimeout
+from reqrep.errors import CurveKeyError, HandshakeFailed, RequestTimeout
 from reqrep.stack import LocalStack
 from tests.support import needs_nginx, run_script
 
@@ -149,23 +150,30 @@ async def _handshake_failure(
 
 
 REFUSED = [
-    pytest.param(None, None, id="no-key"),
-    pytest.param("server_public", "mallory_secret", id="unknown-key"),
-    pytest.param("server_public", None, id="throwaway-key"),
-    pytest.param("impostor_public", "alice_secret", id="wrong-server-key"),
+    pytest.param(None, None, "one side uses CURVE", "mechanism", id="no-key"),
+    pytest.param(
+        "server_public", "mallory_secret", "refused this client's key", "auth", id="unknown-key"
+    ),
+    pytest.param("server_public", None, "refused this client's key", "auth", id="throwaway-key"),
+    pytest.param(
+        "impostor_public", "alice_secret", "probably not the server's", "key", id="wrong-server-key"
+    ),
 ]
 
 
-@pytest.mark.parametrize(("server_key", "secret_key"), REFUSED)
-async def test_refused_clients_get_nothing_and_the_server_serves_on(
+@pytest.mark.parametrize(("server_key", "secret_key", "client_says", "server_counts"), REFUSED)
+async def test_refused_clients_are_told_why_and_the_server_logs_it_and_serves_on(
     start_server: Callable[..., Any],
     make_client: Callable[..., Client],
     context: zmq.asyncio.Context,
     curve_keys: Keys,
+    caplog: pytest.LogCaptureFixture,
     server_key: str | None,
     secret_key: str | None,
+    client_says: str,
+    server_counts: str,
 ) -> None:
-    server = await start_server(**curve_keys.server_overrides())
+    server = await start_server(**curve_keys.server_overrides(), metrics_port=0)
     server_path = None if server_key is None else getattr(curve_keys, server_key)
     secret_path = None if secret_key is None else getattr(curve_keys, secret_key)
     async with asyncio.timeout(TIMEOUT_S):
@@ -179,10 +187,18 @@ async def test_refused_clients_get_nothing_and_the_server_serves_on(
     alice = _curve_client(
         make_client, [server.endpoint], curve_keys.server_public, curve_keys.alice_secret
     )
+    caplog.set_level(logging.WARNING, logger="reqrep.server")
     async with asyncio.timeout(TIMEOUT_S):
-        with pytest.raises(RequestTimeout):
+        with pytest.raises(HandshakeFailed) as raised:
             await intruder.request(protocol.encode_request("intruder", b"x"))
         assert (await alice.request(protocol.encode_request("alice", b"x"))).ok
+    assert client_says in str(raised.value)
+    refusals = [r.getMessage() for r in caplog.records if "Refused a client" in r.getMessage()]
+    assert refusals, "the server logged no refused handshake"
+    assert server.server.metrics is not None
+    counted = server.server.metrics.read_now().refused
+    assert counted[server_counts] >= 1
+    assert sum(counted.values()) == counted[server_counts]
 
 
 async def test_curve_without_authorized_keys_encrypts_for_any_client_key(
@@ -225,10 +241,16 @@ async def test_through_nginx_only_authorized_clients_are_served(curve_keys: Keys
     assert status == 0, stderr
     assert stdout.count("Received response: Server response") == 2
     assert stdout.count("Received response: Invalid message") == 1
-    for status, stdout, stderr in (mallory, nokey):
+    # Without CURVE, which of the two sides sees the mismatch first is a race through nginx.
+    for (status, stdout, stderr), why in (
+        (mallory, "the server refused this client's key (ZAP status 400)"),
+        (nokey, "CURVE encryption"),
+    ):
         assert status == 1
         assert "Received response" not in stdout
-        assert f"error: server at {endpoint} did not answer request 0 after 2 tries" in stderr
+        (line,) = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert line.startswith(f"error: server at {endpoint} did not answer request 0 after 2")
+        assert why in line
 
 
 async def test_bad_client_key_files_are_reported_clearly(tmp_path: Path) -> None:

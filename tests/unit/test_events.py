@@ -47,7 +47,7 @@ ENDPOINT = ["tcp://127.0.0.1:1"]
         (
             [[CONNECTED, Event(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, 32)]],
             HandshakeFailed,
-            "server's public key given to the client is probably not the server's",
+            "the connection closed during the handshake",
         ),
         (
             [
@@ -71,6 +71,12 @@ def test_explain_names_the_failure_and_its_class(
     found, reason = explain(tries, ENDPOINT)
     assert found is failure
     assert words in reason
+
+
+def test_a_handshake_closed_without_detail_is_read_by_whether_the_client_uses_curve() -> None:
+    closed = [[CONNECTED, Event(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, 32)]]
+    assert "server's public key" in explain(closed, ENDPOINT, curve=True)[1]
+    assert "requires CURVE encryption, which this client does not" in explain(closed, ENDPOINT)[1]
 
 
 def test_a_host_that_does_not_resolve_is_named() -> None:

@@ -16,11 +16,17 @@ import pytest
 import zmq
 
 from reqrep import frames, protocol
+from reqrep.stack import free_port
 
 Sock = zmq.Socket[bytes]
 RECEIVE_TIMEOUT_MS = 2000
 
-SENDERS = {"send_now": frames.send_now, "send_public": frames.send_public}
+SENDERS = {
+    "send_now": frames.send_now,
+    "send_public": frames.send_public,
+    "send_or_again": frames.send_or_again,
+    "send_or_again_public": frames.send_or_again_public,
+}
 RECEIVERS = {
     "recv_now": frames.recv_now,
     "recv_public": frames.recv_public,
@@ -70,6 +76,7 @@ def test_the_pinned_pyzmq_has_the_fast_path() -> None:
     assert frames.FAST_PATH
     assert frames.recv_now is not frames.recv_public
     assert frames.send_now is not frames.send_public
+    assert frames.send_or_again is not frames.send_or_again_public
 
 
 @pytest.mark.parametrize("message", MESSAGES.values(), ids=MESSAGES.keys())
@@ -114,3 +121,33 @@ def test_fast_and_public_paths_keep_message_boundaries_in_a_burst(
     readers: list[Callable[[Any], list[bytes]]] = list(RECEIVERS.values())
     received = [receive(readers[n % len(readers)], router) for n in range(len(burst))]
     assert received == [[b"dealer", *message] for message in burst]
+
+
+@pytest.mark.parametrize(
+    "sender", [frames.send_or_again, frames.send_or_again_public], ids=["fast", "public"]
+)
+def test_send_or_again_queues_nothing_when_it_cannot_queue_all(
+    sync_context: zmq.Context[Sock], sender: Callable[[Sock, list[bytes]], None]
+) -> None:
+    """A DEALER with ZMQ_IMMEDIATE and no connection up: zmq.Again, and no frame left
+    half-sent (the next message goes out whole once a peer is there). Over loopback TCP:
+    inproc queues for a peer that is not there yet."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    dealer = sync_context.socket(zmq.DEALER)
+    router = sync_context.socket(zmq.ROUTER)
+    try:
+        for sock in (router, dealer):
+            sock.linger = 0
+            sock.rcvtimeo = RECEIVE_TIMEOUT_MS
+        dealer.setsockopt(zmq.IMMEDIATE, 1)
+        dealer.setsockopt(zmq.ROUTING_ID, b"dealer")
+        dealer.connect(endpoint)
+        with pytest.raises(zmq.Again):
+            sender(dealer, [b"first", b"", b"lost"])
+        router.bind(endpoint)
+        assert dealer.poll(RECEIVE_TIMEOUT_MS, zmq.POLLOUT)
+        sender(dealer, [b"second", b"", b"kept"])
+        assert receive(frames.recv_public, router) == [b"dealer", b"second", b"", b"kept"]
+    finally:
+        dealer.close(linger=0)
+        router.close(linger=0)
