@@ -121,6 +121,7 @@ class _Connection:
         self.events = ConnectionEvents(owner)
         self.pending = 0
         self.outbox: deque[_Call] = deque()
+        self.up = asyncio.Event()  # set while the connection is handshaken
         self._check_scheduled = False
         self._loop = asyncio.get_running_loop()
         self._fd = cast(int, self.socket.getsockopt(zmq.FD))
@@ -178,6 +179,17 @@ class _Connection:
                     return
             outbox.popleft()
 
+    def settle(self) -> None:
+        """Let the socket take in what its I/O thread has told it (a lost connection's pipe
+        is then gone, and what is sent next waits for the new one)."""
+        self._option(_EVENTS)
+
+    def hold(self, calls: list[_Call]) -> None:
+        """Send ``calls`` again once the connection is up: a lost connection's requests wait
+        in the outbox, since the socket may still take messages into the dying pipe."""
+        queued = {id(call) for call in self.outbox}
+        self.outbox.extend(call for call in calls if id(call) not in queued)
+
     def prune(self) -> None:
         """Drop from the outbox the requests that are over, or that went another way."""
         if self.outbox:
@@ -189,8 +201,10 @@ class _Connection:
             event = await self.events.wait(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
             if event.kind == zmq.EVENT_DISCONNECTED:
                 logger.debug("Connection lost; resending what it had pending")
+                self.up.clear()
                 self.channel.resend_from(self)
             else:
+                self.up.set()
                 self.read()  # connected: what waits in the outbox can go
 
     def close(self) -> None:
@@ -282,6 +296,12 @@ class Channel:
     def pending(self) -> int:
         """Requests in flight now."""
         return len(self.calls)
+
+    async def ready(self) -> None:
+        """Wait until every connection is up (handshaken with a server). Not needed before
+        sending (requests wait for a connection), but it lets a caller start once the load
+        can spread over all of them; bound it with ``asyncio.timeout``."""
+        await asyncio.gather(*(connection.up.wait() for connection in self._connections))
 
     # -- requests --------------------------------------------------------------------
 
@@ -405,14 +425,14 @@ class Channel:
         return failure(self.config.endpoints, call.label, tries, reason)
 
     def resend_from(self, lost: _Connection) -> None:
-        """A connection was lost: its idempotent requests go again at once (within the time
-        their try has left); the others fail, since they may or may not have been handled."""
-        assert self._loop is not None
-        for call in [c for c in self.calls.values() if c.route is lost and not c.future.done()]:
-            if call.idempotent:
-                self._leave_route(call)
-                self._pick().send(call)
-            else:
+        """A connection was lost: its idempotent requests go again as soon as it is back
+        (within the time their try has left); the others fail, since they may or may not
+        have been handled."""
+        lost.settle()
+        calls = [c for c in self.calls.values() if c.route is lost and not c.future.done()]
+        lost.hold([call for call in calls if call.idempotent])
+        for call in calls:
+            if not call.idempotent:
                 self._leave_route(call)
                 call.future.set_exception(
                     RequestTimeout(

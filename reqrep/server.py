@@ -234,7 +234,6 @@ class Server:
     async def _serve_router_tasks(
         self, sock: zmq.asyncio.Socket, receiver: StoppableReceiver
     ) -> None:
-        sync_sock: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
         answer = self.answerer.answer_async
         while not receiver.stopped:
             await self._inflight.acquire()
@@ -243,20 +242,26 @@ class Server:
                 self._inflight.release()
                 return
             started = time.perf_counter_ns()
-            task = asyncio.create_task(self._answer_task(sync_sock, answer, frames, started))
+            task = asyncio.create_task(self._answer_task(sock, answer, frames, started))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _answer_task(
-        self, sock: zmq.Socket[bytes], answer: AnswerAsync, frames: list[bytes], started_ns: int
+        self, sock: zmq.asyncio.Socket, answer: AnswerAsync, frames: list[bytes], started_ns: int
     ) -> None:
-        """One request in its own task: exactly one reply, sent without another await."""
+        """One request in its own task: exactly one reply.
+
+        The reply goes through the asyncio socket, not its synchronous shadow: the loop's
+        receive is waiting on the same socket meanwhile, and a send on the shadow can take
+        in the wake-up that receive waits for, leaving requests queued unread. On a ROUTER
+        the send completes at once, so nothing can cancel it half way.
+        """
         try:
             envelope, request = protocol.split_envelope(frames)
             reply = await answer(request, envelope[0])
             if self.metrics is not None:
                 self.metrics.handled(started_ns)
-            send_now(sock, envelope + reply)
+            await sock.send_multipart(envelope + reply)
         finally:
             self._inflight.release()
 
