@@ -26,6 +26,7 @@ import functools
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -203,6 +204,100 @@ def lines_per_client(output: str) -> dict[str, list[str]]:
             # docker-compose 1.29 names it client_1, `docker compose` v2 client-1.
             found[match.group(1).replace("-", "_")].append(match.group(2))
     return dict(found)
+
+
+# --- the docs: their fenced blocks ------------------------------------------------
+
+# The pages whose blocks the tests run: the README and docs/.
+DOC_PAGES = ("README.md", "docs/*.md")
+# ``<!-- test: key=value ... -->`` on the line right before a fence says how a test runs the block.
+_MARKS = re.compile(r"^<!--\s*test:(.*?)-->\s*$")
+_FENCE = re.compile(r"^(`{3,}|~{3,})\s*([\w+-]*)")
+
+
+@dataclass(frozen=True)
+class FencedBlock:
+    """One fenced block of a page: where it starts, its language, its text and its marks."""
+
+    page: str  # relative to the project, e.g. "docs/reliability.md"
+    line: int  # the opening fence's, from 1
+    language: str
+    text: str
+    marks: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def where(self) -> str:
+        return f"{self.page}:{self.line}"
+
+
+class DocMarksError(ValueError):
+    """A ``<!-- test: ... -->`` comment that is not right before a fence, or unreadable."""
+
+
+def doc_pages() -> list[Path]:
+    return sorted({path for pattern in DOC_PAGES for path in PROJECT_DIR.glob(pattern)})
+
+
+def parse_marks(text: str) -> dict[str, str]:
+    """``key=value`` (shell quoting) or a bare ``key`` (value ""), e.g. ``role=server``."""
+    try:
+        words = shlex.split(text)
+    except ValueError as error:
+        raise DocMarksError(f"unreadable marks {text!r}: {error}") from None
+    marks: dict[str, str] = {}
+    for word in words:
+        key, _, value = word.partition("=")
+        marks[key] = value
+    return marks
+
+
+def fenced_blocks(page: Path) -> list[FencedBlock]:
+    """Every fenced block of a Markdown page, in order, with its marks.
+
+    A marks comment anywhere but on the line right before an opening fence
+    raises DocMarksError: it would silently apply to nothing.
+    """
+    name = str(page.relative_to(PROJECT_DIR))
+    lines = page.read_text().splitlines()
+    blocks: list[FencedBlock] = []
+    marks: tuple[int, dict[str, str]] | None = None
+    number = 0
+    while number < len(lines):
+        line = lines[number]
+        number += 1
+        fence = _FENCE.match(line)
+        if marks is not None and (fence is None or marks[0] != number - 1):
+            raise DocMarksError(
+                f"{name}:{marks[0]}: a test marks comment must be right before a fence"
+            )
+        if (found := _MARKS.match(line)) is not None:
+            marks = (number, parse_marks(found.group(1)))
+            continue
+        if fence is None:
+            continue
+        opening, language = fence.groups()
+        start, body = number, []
+        while number < len(lines) and not lines[number].startswith(opening[0] * len(opening)):
+            body.append(lines[number])
+            number += 1
+        number += 1  # the closing fence
+        blocks.append(
+            FencedBlock(name, start, language, "\n".join(body) + "\n", marks[1] if marks else {})
+        )
+        marks = None
+    if marks is not None:
+        raise DocMarksError(f"{name}:{marks[0]}: a test marks comment must be right before a fence")
+    return blocks
+
+
+def doc_blocks(*languages: str) -> list[FencedBlock]:
+    """The fenced blocks in ``languages`` of every page the tests run, page by page, in order."""
+    return [
+        block
+        for page in doc_pages()
+        for block in fenced_blocks(page)
+        if block.language in languages
+    ]
 
 
 # --- nginx configs -----------------------------------------------------------------
