@@ -27,6 +27,8 @@ import json
 import os
 import re
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +50,8 @@ from reqrep.config import ClientConfig, default
 from reqrep.report import percentile
 from reqrep.runner import compose_command
 from reqrep.server import Server
-from reqrep.stack import free_port, nginx_binary
+from reqrep.stack import StackError, free_port, nginx_binary, wait_listening
+from reqrep.stack import terminate as terminate_process
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -298,6 +301,147 @@ def doc_blocks(*languages: str) -> list[FencedBlock]:
         for block in fenced_blocks(page)
         if block.language in languages
     ]
+
+
+def shell_commands(block: FencedBlock) -> list[str]:
+    """The commands of a shell block, one per logical line, as a user pastes them: lines
+    ending in a backslash joined to the next, blank and comment-only lines left out (a
+    trailing ``# ...`` is the shell's to ignore)."""
+    commands: list[str] = []
+    pending = ""
+    for line in block.text.splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1]
+            continue
+        commands.append(pending + line)
+        pending = ""
+    if pending:
+        commands.append(pending)
+    return commands
+
+
+def tracked_files() -> list[str]:
+    """The project's files as git has them (a fresh clone's), relative to the project."""
+    return run(["git", "ls-files"], COMMAND_TIMEOUT_S).splitlines()
+
+
+def fresh_checkout(directory: Path) -> Path:
+    """The working tree's version of every tracked file, copied into ``directory``: what a
+    fresh clone of this change holds."""
+    for name in tracked_files():
+        source = PROJECT_DIR / name
+        if source.is_file():
+            (directory / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, directory / name)
+    return directory
+
+
+# A documented command's time limit, unless a test gives it another.
+COMMAND_TIMEOUT_S = 60.0
+# A server the docs leave running in the foreground of its terminal.
+_FOREGROUND_SERVER = re.compile(r"^python3 server\.py .*--bind tcp://[\w.]+:(\d+)")
+SERVICE_TIMEOUT_S = 30.0
+
+
+@dataclass
+class DocShell:
+    """Documented commands run as written, one after the other, as a user at a terminal would.
+
+    Each command runs with ``bash -c`` in ``directory`` with ``env`` (the
+    environment is replaced), bounded by ``timeout_s``. ``sudo COMMAND`` runs
+    COMMAND as this process (root, where the tests need it); any other command
+    as ``user`` (uid, gid) with the supplementary ``groups``, when a user is
+    given. ``rewrite`` (old: new) is applied to each command first: a port the
+    docs say may be changed. A server the docs leave in the foreground
+    (``python3 server.py ... --bind tcp://HOST:PORT``) starts in the
+    background, as in a terminal of its own, and is ready once its port
+    accepts; ``stop_servers`` is the Ctrl-C that ends it.
+    """
+
+    directory: Path
+    env: dict[str, str]
+    user: tuple[int, int] | None = None
+    groups: tuple[int, ...] = ()
+    rewrite: dict[str, str] = field(default_factory=dict)
+    servers: list[asyncio.subprocess.Process] = field(default_factory=list)
+
+    def argv(self, command: str) -> list[str]:
+        if command.startswith("sudo "):
+            return ["bash", "-c", command.removeprefix("sudo ")]
+        if self.user is None:
+            return ["bash", "-c", command]
+        uid, gid = self.user
+        groups = ",".join(map(str, self.groups))
+        switch = [
+            f"--reuid={uid}",
+            f"--regid={gid}",
+            f"--groups={groups}" if groups else "--clear-groups",
+        ]
+        return ["setpriv", *switch, "--", "bash", "-c", command]
+
+    def written(self, command: str) -> str:
+        for old, new in self.rewrite.items():
+            command = command.replace(old, new)
+        return command
+
+    async def _spawn(self, command: str, output: int) -> asyncio.subprocess.Process:
+        """Start a (rewritten) command; ``output``: where its stdout and stderr go."""
+        return await asyncio.create_subprocess_exec(
+            *self.argv(command),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            env=self.env,
+            cwd=self.directory,
+        )
+
+    async def run(self, command: str, timeout_s: float = COMMAND_TIMEOUT_S) -> Finished:
+        """Run one command to its end; a test failure, with its output, if it fails."""
+        command = self.written(command)
+        process = await self._spawn(command, asyncio.subprocess.PIPE)
+        try:
+            stdout, stderr = await asyncio.wait_for(process.communicate(), timeout_s)
+        except TimeoutError:
+            pytest.fail(f"`{command}` took over {timeout_s:g} s")
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        done = Finished(process.returncode or 0, stdout.decode(), stderr.decode())
+        if done.status != 0:
+            pytest.fail(f"`{command}` failed ({done.status}):\n{done.stdout}\n{done.stderr}")
+        return done
+
+    async def start_server(self, command: str) -> None:
+        """Start a foreground server in the background; return once its port accepts."""
+        command = self.written(command)
+        match = _FOREGROUND_SERVER.match(command)
+        assert match, command
+        process = await self._spawn(command, asyncio.subprocess.DEVNULL)
+        self.servers.append(process)
+        try:
+            await asyncio.wait_for(wait_listening(int(match.group(1)), process), SERVICE_TIMEOUT_S)
+        except (TimeoutError, StackError) as error:
+            pytest.fail(f"`{command}` did not start serving: {error}")
+
+    async def run_all(self, commands: Sequence[str]) -> list[Finished]:
+        """Each command in turn (a foreground server started, not waited for); what each of the
+        others printed."""
+        finished = []
+        for command in commands:
+            if _FOREGROUND_SERVER.match(self.written(command)):
+                await self.start_server(command)
+            else:
+                finished.append(await self.run(command))
+        return finished
+
+    async def stop_servers(self) -> list[int]:
+        """Ctrl-C (SIGINT) to each server started; their exit statuses."""
+        statuses = [await terminate_process(process, signal.SIGINT) for process in self.servers]
+        self.servers.clear()
+        return statuses
 
 
 # --- nginx configs -----------------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import subprocess
 import tarfile
 from collections.abc import Callable, Iterator
@@ -22,12 +21,19 @@ from pathlib import Path
 import pytest
 
 from reqrep.runner import compose_command
-from tests.support import PROJECT_DIR, docker, docker_unchecked, needs_compose, run
+from tests.support import (
+    PROJECT_DIR,
+    docker,
+    docker_unchecked,
+    fresh_checkout,
+    needs_compose,
+    run,
+    tracked_files,
+)
 
 pytestmark = needs_compose()
 
 BUILD_TIMEOUT_S = 120.0
-GIT_TIMEOUT_S = 30.0
 DOCKERFILES = ("Dockerfile_server", "Dockerfile_client", "Dockerfile_nginx")
 # What a working checkout holds besides its tracked files; none of it belongs in an image.
 PLANTED = (
@@ -58,10 +64,6 @@ def copy_sources(dockerfile: str) -> set[str]:
     return sources
 
 
-def tracked_files() -> list[str]:
-    return run(["git", "ls-files"], GIT_TIMEOUT_S).splitlines()
-
-
 def expected_context() -> set[str]:
     """Every tracked file that is a COPY source or inside one."""
     sources = set().union(*(copy_sources(name) for name in DOCKERFILES))
@@ -75,11 +77,7 @@ def expected_context() -> set[str]:
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tracked files, the working tree's versions, and the planted ones."""
-    root = tmp_path_factory.mktemp("context")
-    for path in [*tracked_files(), ".dockerignore"]:
-        if (PROJECT_DIR / path).is_file():
-            (root / path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(PROJECT_DIR / path, root / path)
+    root = fresh_checkout(tmp_path_factory.mktemp("context"))
     for path in PLANTED:
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text("planted\n")
