@@ -51,7 +51,6 @@ from reqrep.report import percentile
 from reqrep.runner import compose_command
 from reqrep.server import Server
 from reqrep.stack import StackError, free_port, nginx_binary, wait_listening
-from reqrep.stack import terminate as terminate_process
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -340,7 +339,7 @@ def fresh_checkout(directory: Path) -> Path:
 
 # A documented command's time limit, unless a test gives it another.
 COMMAND_TIMEOUT_S = 60.0
-# A server the docs leave running in the foreground of its terminal.
+# A server the docs leave running in the foreground of its terminal (a ``DocShell`` runs it).
 _FOREGROUND_SERVER = re.compile(r"^python3 server\.py .*--bind tcp://[\w.]+:(\d+)")
 SERVICE_TIMEOUT_S = 30.0
 
@@ -350,14 +349,15 @@ class DocShell:
     """Documented commands run as written, one after the other, as a user at a terminal would.
 
     Each command runs with ``bash -c`` in ``directory`` with ``env`` (the
-    environment is replaced), bounded by ``timeout_s``. ``sudo COMMAND`` runs
-    COMMAND as this process (root, where the tests need it); any other command
-    as ``user`` (uid, gid) with the supplementary ``groups``, when a user is
+    environment is replaced), bounded in time. ``sudo COMMAND`` runs COMMAND
+    as this process (root, where the tests need it); any other command as
+    ``user`` (uid, gid) with the supplementary ``groups``, when a user is
     given. ``rewrite`` (old: new) is applied to each command first: a port the
-    docs say may be changed. A server the docs leave in the foreground
-    (``python3 server.py ... --bind tcp://HOST:PORT``) starts in the
-    background, as in a terminal of its own, and is ready once its port
-    accepts; ``stop_servers`` is the Ctrl-C that ends it.
+    docs say may be changed. A command the docs leave in the foreground (a
+    server, ``docker-compose up`` without ``-d``) is started in the
+    background, as in a terminal of its own (``start``; ``start_server`` also
+    waits until a server's port accepts), and ``interrupt`` is the Ctrl-C that
+    ends each.
     """
 
     directory: Path
@@ -365,7 +365,7 @@ class DocShell:
     user: tuple[int, int] | None = None
     groups: tuple[int, ...] = ()
     rewrite: dict[str, str] = field(default_factory=dict)
-    servers: list[asyncio.subprocess.Process] = field(default_factory=list)
+    foreground: list[asyncio.subprocess.Process] = field(default_factory=list)
 
     def argv(self, command: str) -> list[str]:
         if command.startswith("sudo "):
@@ -386,15 +386,16 @@ class DocShell:
             command = command.replace(old, new)
         return command
 
-    async def _spawn(self, command: str, output: int) -> asyncio.subprocess.Process:
+    async def _spawn(self, command: str, output: Any) -> asyncio.subprocess.Process:
         """Start a (rewritten) command; ``output``: where its stdout and stderr go."""
         return await asyncio.create_subprocess_exec(
             *self.argv(command),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=output,
-            stderr=output,
+            stderr=asyncio.subprocess.STDOUT if output != asyncio.subprocess.PIPE else output,
             env=self.env,
             cwd=self.directory,
+            start_new_session=True,  # a process group of its own, as a terminal's job
         )
 
     async def run(self, command: str, timeout_s: float = COMMAND_TIMEOUT_S) -> Finished:
@@ -407,24 +408,32 @@ class DocShell:
             pytest.fail(f"`{command}` took over {timeout_s:g} s")
         finally:
             if process.returncode is None:
-                process.kill()
-                await process.wait()
+                await signal_job(process, signal.SIGKILL, 0)
         done = Finished(process.returncode or 0, stdout.decode(), stderr.decode())
         if done.status != 0:
             pytest.fail(f"`{command}` failed ({done.status}):\n{done.stdout}\n{done.stderr}")
         return done
 
-    async def start_server(self, command: str) -> None:
-        """Start a foreground server in the background; return once its port accepts."""
+    async def start(self, command: str, log: Path | None = None) -> asyncio.subprocess.Process:
+        """Start a foreground command in the background; what it prints goes to ``log``."""
         command = self.written(command)
-        match = _FOREGROUND_SERVER.match(command)
+        with contextlib.ExitStack() as files:
+            output = (
+                asyncio.subprocess.DEVNULL if log is None else files.enter_context(log.open("wb"))
+            )
+            process = await self._spawn(command, output)
+        self.foreground.append(process)
+        return process
+
+    async def start_server(self, command: str) -> None:
+        """Start a foreground server (``--bind tcp://HOST:PORT``); return once its port accepts."""
+        match = _FOREGROUND_SERVER.match(self.written(command))
         assert match, command
-        process = await self._spawn(command, asyncio.subprocess.DEVNULL)
-        self.servers.append(process)
+        process = await self.start(command)
         try:
             await asyncio.wait_for(wait_listening(int(match.group(1)), process), SERVICE_TIMEOUT_S)
         except (TimeoutError, StackError) as error:
-            pytest.fail(f"`{command}` did not start serving: {error}")
+            pytest.fail(f"`{self.written(command)}` did not start serving: {error}")
 
     async def run_all(self, commands: Sequence[str]) -> list[Finished]:
         """Each command in turn (a foreground server started, not waited for); what each of the
@@ -437,11 +446,27 @@ class DocShell:
                 finished.append(await self.run(command))
         return finished
 
-    async def stop_servers(self) -> list[int]:
-        """Ctrl-C (SIGINT) to each server started; their exit statuses."""
-        statuses = [await terminate_process(process, signal.SIGINT) for process in self.servers]
-        self.servers.clear()
+    async def interrupt(self, timeout_s: float = STOP_TIMEOUT_S) -> list[int]:
+        """Ctrl-C to each foreground command started (SIGINT to its process group, as a
+        terminal sends it); their exit statuses. Killed if one outlasts ``timeout_s``."""
+        statuses = [
+            await signal_job(process, signal.SIGINT, timeout_s) for process in self.foreground
+        ]
+        self.foreground.clear()
         return statuses
+
+
+async def signal_job(process: asyncio.subprocess.Process, signum: int, timeout_s: float) -> int:
+    """Send ``signum`` to the process group a ``DocShell`` started; its leader's exit status
+    within ``timeout_s``, else the group is killed."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
+    try:
+        return await asyncio.wait_for(process.wait(), timeout_s)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        return await process.wait()
 
 
 # --- nginx configs -----------------------------------------------------------------

@@ -18,6 +18,12 @@ says how to run one, e.g. ``<!-- test: replicas=2 server-args="--work-ms 20" -->
 
 Any other mark fails the snippet's test; a marks comment anywhere but right
 before a fence fails collection (``DocMarksError``).
+
+Shell commands that need no Docker engine run here too, as written
+(``DocShell``), but for the ports, which are free ones instead of the page's:
+docs/metrics.md's first block, a server with its metrics and ``curl``, must not
+need the port the compose stack holds. (The Docker recipes are in
+tests/system/test_docs_recipes.py.)
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
 from dataclasses import dataclass
@@ -35,11 +42,14 @@ import pytest
 from reqrep.stack import LocalStack, free_port, terminate
 from tests.support import (
     PROJECT_DIR,
+    DocShell,
     FencedBlock,
     Finished,
     doc_blocks,
+    fenced_blocks,
     parse_marks,
     run_script,
+    shell_commands,
     wait_for_replica,
 )
 
@@ -190,3 +200,35 @@ async def test_a_server_snippet_is_asked_and_stopped(tmp_path: Path) -> None:
 async def test_a_failing_snippet_fails(text: str, marks: str, tmp_path: Path) -> None:
     with pytest.raises((AssertionError, pytest.fail.Exception)):
         await run_snippet(made_block(text, marks), tmp_path)
+
+
+# --- shell commands without Docker ---------------------------------------------------
+
+METRICS_PAGE = PROJECT_DIR / "docs" / "metrics.md"
+COMPOSE_PORT = ":5555"  # what the compose stack's nginx holds on the host
+
+
+def activated_env() -> dict[str, str]:
+    """This environment as ``. .venv/bin/activate`` leaves it: its python3 first on PATH."""
+    return snippet_env(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is needed (apt-get install curl)")
+async def test_metrics_first_block_serves_metrics_beside_the_compose_stack() -> None:
+    block = next(b for b in fenced_blocks(METRICS_PAGE) if b.language == "sh")
+    server, scrape = shell_commands(block)
+    assert "--bind" in server, "without --bind the server takes 5555, which compose holds"
+    assert COMPOSE_PORT not in server
+    shell = DocShell(
+        PROJECT_DIR,
+        activated_env(),
+        rewrite={":5556": f":{free_port()}", "9100": str(free_port())},
+    )
+    try:
+        await shell.start_server(server)
+        metrics = (await shell.run(scrape)).stdout
+    finally:
+        statuses = await shell.interrupt()
+    assert "reqrep_build_info{" in metrics, metrics
+    assert "reqrep_requests_total" in metrics, metrics
+    assert statuses == [0], "Ctrl-C did not stop the server cleanly"

@@ -1,20 +1,33 @@
 """The docs' recipes with keys and containers, run as written, in page order, on a fresh checkout.
 
-docs/security.md's two recipes, its shell blocks in the page's order, in one
-checkout: "Using CURVE" (keys, a server and a client on the host), then "CURVE
-with docker-compose" (one more key, the secret keys the containers read handed
-to their group, the stack up, a client on the host and two in containers, the
-stack down). Every command runs as an unprivileged user in the docker group, as
-the page's reader would, but ``sudo`` ones, which run as root: so a secret key
-the containers can read but its owner cannot fails here. The only rewrites are
-the ones the page names: another port instead of 5555 (in the commands, and as
-``NGINX_PORT``/``SERVER_CONNECT``), and ``COMPOSE_PROJECT_NAME``, so the stack
-is this test's own. The compose project is removed afterwards, also on failure.
+The only rewrites are the ones the pages name: another port than 5555 (in the
+commands, and as ``NGINX_PORT``/``SERVER_CONNECT``/``PROMETHEUS_PORT``), and
+``COMPOSE_PROJECT_NAME``, so each stack is this module's own. Every compose
+project is removed afterwards (``down -v --rmi local``), also on failure.
+
+- docs/security.md's two recipes, its shell blocks in the page's order, in one
+  checkout: "Using CURVE" (keys, a server and a client on the host), then
+  "CURVE with docker-compose" (one more key, the secret keys the containers
+  read handed to their group, the stack up, a client on the host and two in
+  containers, the stack down). Every command runs as an unprivileged user in
+  the docker group, as the page's reader would, but ``sudo`` ones, which run
+  as root: so a secret key the containers can read but its owner cannot fails
+  here.
+- README.md's ``docker-compose up --build`` stays in the foreground (in a
+  terminal of its own here) and prints the demo client's lines; its scaling
+  command reaches 5 replicas, and docs/docker.md's ways to restart a killed
+  replica and to give nginx another connection limit keep all 5; Ctrl-C
+  stops the stack.
+- docs/metrics.md's monitoring recipe: after its waits, every replica is
+  scraped before the traffic and the rate query sees the traffic.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +41,9 @@ import pytest
 
 from reqrep.stack import free_port
 from tests.support import (
+    ANSWER_TIMEOUT_S,
+    COMPOSE_REPLICAS,
+    POLL_INTERVAL_S,
     PROJECT_DIR,
     SETUP_HINT,
     UP_TIMEOUT_S,
@@ -35,11 +51,15 @@ from tests.support import (
     Finished,
     Project,
     assert_demo_client_printed_the_seed_lines,
+    docker,
     engine_problem,
     fenced_blocks,
     fresh_checkout,
+    lines_per_client,
     seed_lines,
     shell_commands,
+    wait_for_replica,
+    wait_healthy,
 )
 
 SECURITY_PAGE = PROJECT_DIR / "docs" / "security.md"
@@ -58,7 +78,12 @@ def reader_problem() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(reader_problem() is not None, reason=str(reader_problem()))
+needs_reader = pytest.mark.skipif(reader_problem() is not None, reason=str(reader_problem()))
+
+
+def skip_without_compose() -> None:
+    if (problem := engine_problem()) is not None:
+        pytest.skip(f"{problem}; {SETUP_HINT}")
 
 
 @dataclass
@@ -73,7 +98,7 @@ class Page:
         """Run every block up to ``index`` not run yet (what a later block builds on)."""
         while len(self.done) <= index:
             finished = await self.shell.run_all(self.blocks[len(self.done)])
-            await self.shell.stop_servers()
+            await self.shell.interrupt()
             self.done.append(finished)
 
 
@@ -155,6 +180,7 @@ def printed_seed_lines(done: Finished) -> bool:
     return done.stdout.splitlines() == seed_lines(SEED_REQUESTS)
 
 
+@needs_reader
 async def test_curve_on_the_host(security_page: Page) -> None:
     """Keys, then a server and an authorized client with them, as the reader; Ctrl-C stops it."""
     commands = security_page.blocks[0]
@@ -165,17 +191,17 @@ async def test_curve_on_the_host(security_page: Page) -> None:
             done = await security_page.shell.run(command)
             if command.startswith("python3 client.py"):
                 assert printed_seed_lines(done), done
-    assert await security_page.shell.stop_servers() == [0]
+    assert await security_page.shell.interrupt() == [0]
     security_page.done.append([])
 
 
+@needs_reader
 @pytest.mark.docker
 async def test_curve_with_docker_compose_after_the_host_recipe(
     security_page: Page, project: Project
 ) -> None:
     """The compose recipe on the keys of the host one; the reader's client still reads its key."""
-    if (problem := engine_problem()) is not None:
-        pytest.skip(f"{problem}; {SETUP_HINT}")
+    skip_without_compose()
     await security_page.through(0)
     for command in security_page.blocks[1]:
         up = " up " in command
@@ -187,3 +213,139 @@ async def test_curve_with_docker_compose_after_the_host_recipe(
         if "run_clients.py" in command:
             assert "Result: OK" in done.stdout + done.stderr, done
     assert project.containers("server") == [], "`down` left the replicas"
+
+
+# --- the compose stack: README.md and docs/docker.md --------------------------------
+
+README = PROJECT_DIR / "README.md"
+DOCKER_PAGE = PROJECT_DIR / "docs" / "docker.md"
+METRICS_PAGE = PROJECT_DIR / "docs" / "metrics.md"
+SCALED = 5
+STACK_STOP_TIMEOUT_S = 60.0
+
+
+def documented(page: Path, prefix: str) -> str:
+    """The command in the page's shell blocks that starts with ``prefix``, as written."""
+    for block in fenced_blocks(page):
+        for command in shell_commands(block) if block.language == "sh" else []:
+            if command.startswith(prefix):
+                return command
+    pytest.fail(f"{page.name} has no command starting with {prefix!r}")
+
+
+def documented_block(page: Path, containing: str) -> list[str]:
+    """The commands of the page's shell block that has ``containing`` in it."""
+    for block in fenced_blocks(page):
+        if block.language == "sh" and containing in block.text:
+            return shell_commands(block)
+    pytest.fail(f"{page.name} has no shell block with {containing!r}")
+
+
+def mentioned(page: Path, command: str) -> str:
+    """A command the page gives in running text (inline code), as written."""
+    assert f"`{command}`" in page.read_text(), f"{page.name} no longer says `{command}`"
+    return command
+
+
+def compose_shell(project: Project, directory: Path) -> DocShell:
+    """This process (in the docker group or root), the project's environment, its port."""
+    env = {
+        **project.env,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # . .venv/bin/activate
+        "SERVER_CONNECT": project.endpoint,
+    }
+    return DocShell(directory, env)
+
+
+async def exit_code_of(project: Project, service: str, timeout_s: float) -> str:
+    """Once the service's (one) container exists and has exited: its exit code."""
+    async with asyncio.timeout(timeout_s):
+        while not project.containers(service):
+            await asyncio.sleep(POLL_INTERVAL_S)  # polling the engine: no event to await
+    (container,) = project.containers(service)
+    return docker("wait", container, timeout_s=timeout_s).strip()
+
+
+# How docker-compose 1.x (`main_client_1 exited`) and v2 (`client-1 exited`) end the demo.
+CLIENT_EXITED = re.compile(r"client[_-]1 exited with code")
+_COLOURS = re.compile(r"\x1b\[[0-9;]*m")
+
+
+async def log_until(log: Path, line: re.Pattern[str], timeout_s: float) -> str:
+    """What a foreground command has printed to ``log`` (colours removed), once ``line`` is in
+    it: the containers' log lines reach it a moment after the fact."""
+    async with asyncio.timeout(timeout_s):
+        while not line.search(text := _COLOURS.sub("", await asyncio.to_thread(log.read_text))):
+            await asyncio.sleep(POLL_INTERVAL_S)  # polling a file: no event to await
+    return text
+
+
+def running(project: Project, service: str) -> list[str]:
+    ids = project.containers(service)
+    states = docker("inspect", "-f", "{{.State.Running}}", *ids).split() if ids else []
+    return [i for i, state in zip(ids, states, strict=True) if state == "true"]
+
+
+@pytest.mark.docker
+async def test_readme_stack_scaled_stays_scaled(tmp_path: Path) -> None:
+    skip_without_compose()
+    project = Project(f"zmqreadme{os.getpid()}", free_port())
+    shell = compose_shell(project, fresh_checkout(tmp_path / "checkout"))
+    log = tmp_path / "up.log"
+    try:
+        # The README's first command, left in the foreground of its own terminal.
+        await shell.start(documented(README, "docker-compose up --build"), log)
+        assert await exit_code_of(project, "client", UP_TIMEOUT_S) == "0", log.read_text()
+        printed = await log_until(log, CLIENT_EXITED, ANSWER_TIMEOUT_S)
+        assert lines_per_client(printed) == {"client_1": seed_lines(SEED_REQUESTS)}, printed
+        # From another terminal: scale, kill a replica and start it again, change nginx's limit.
+        await shell.run(documented(README, "docker-compose up -d --no-recreate --scale"))
+        wait_healthy(project, SCALED)
+        docker("kill", project.containers("server")[0])
+        await shell.run(mentioned(DOCKER_PAGE, "docker-compose start server"))
+        wait_healthy(project, SCALED)
+        for command in documented_block(DOCKER_PAGE, "NGINX_LIMITS"):
+            await shell.run(command)
+        assert len(running(project, "server")) == SCALED, "a command scaled the servers back"
+        (nginx,) = running(project, "nginx")
+        assert "1000" in docker("exec", nginx, "cat", "/etc/nginx/zmq-limits.conf")
+        await wait_for_replica(project.endpoint)
+    finally:
+        await shell.interrupt(STACK_STOP_TIMEOUT_S)  # Ctrl-C in the first terminal
+        still_running = [s for s in ("server", "nginx") if running(project, s)]
+        project.down()
+    assert still_running == [], f"Ctrl-C left {still_running} running"
+
+
+# --- docs/metrics.md: Prometheus ----------------------------------------------------
+
+
+def query_values(output: str) -> list[float]:
+    """The values of a Prometheus instant query's answer, as curl printed it."""
+    answer = json.loads(output)
+    assert answer["status"] == "success", answer
+    return [float(result["value"][1]) for result in answer["data"]["result"]]
+
+
+@pytest.mark.docker
+async def test_metrics_monitoring_recipe_sees_the_traffic(tmp_path: Path) -> None:
+    skip_without_compose()
+    prometheus = free_port()
+    settings = {"PROMETHEUS_PORT": str(prometheus), "COMPOSE_PROFILES": "monitoring"}
+    project = Project(f"zmqmetrics{os.getpid()}", free_port(), settings=settings)
+    shell = compose_shell(project, fresh_checkout(tmp_path / "checkout"))
+    shell.rewrite = {"127.0.0.1:9090": f"127.0.0.1:{prometheus}"}
+    recipe = documented_block(METRICS_PAGE, "--profile monitoring up")
+    queries = documented_block(METRICS_PAGE, "api/v1/query")
+    try:
+        done = [await shell.run(command, UP_TIMEOUT_S) for command in recipe]
+        targets = next(d.stdout for c, d in zip(recipe, done, strict=True) if "targets" in c)
+        assert targets.count('"health": "up"') == COMPOSE_REPLICAS, targets
+        rate, counts = [await shell.run(command) for command in queries]
+        # 600 requests within the minute: about 10/s; a replica scraped only after them gives ~0.
+        assert sum(query_values(rate.stdout)) > 5, rate.stdout
+        assert sum(query_values(counts.stdout)) >= 600, counts.stdout
+        await shell.run(documented(METRICS_PAGE, "docker-compose --profile monitoring down"))
+        assert project.leftovers() == {}
+    finally:
+        project.down()
