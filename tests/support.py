@@ -26,6 +26,9 @@ import functools
 import json
 import os
 import re
+import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,11 +47,11 @@ import zmq.asyncio
 from reqrep import nginx, protocol
 from reqrep.client import Client
 from reqrep.config import ClientConfig, default
-from reqrep.errors import RequestTimeout
+from reqrep.errors import RequestTimeout, StackError
 from reqrep.report import percentile
 from reqrep.runner import compose_command
 from reqrep.server import Server
-from reqrep.stack import Replica, free_port
+from reqrep.stack import Replica, free_port, wait_listening
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -230,6 +233,267 @@ def lines_per_client(output: str) -> dict[str, list[str]]:
             # docker-compose 1.29 names it client_1, `docker compose` v2 client-1.
             found[match.group(1).replace("-", "_")].append(match.group(2))
     return dict(found)
+
+
+# --- the docs: their fenced blocks ------------------------------------------------
+
+# The pages whose blocks the tests run: the README and docs/.
+DOC_PAGES = ("README.md", "docs/*.md")
+# ``<!-- test: key=value ... -->`` on the line right before a fence says how a test runs the block.
+_MARKS = re.compile(r"^<!--\s*test:(.*?)-->\s*$")
+_FENCE = re.compile(r"^(`{3,}|~{3,})\s*([\w+-]*)")
+
+
+@dataclass(frozen=True)
+class FencedBlock:
+    """One fenced block of a page: where it starts, its language, its text and its marks."""
+
+    page: str  # relative to the project, e.g. "docs/reliability.md"
+    line: int  # the opening fence's, from 1
+    language: str
+    text: str
+    marks: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def where(self) -> str:
+        return f"{self.page}:{self.line}"
+
+
+class DocMarksError(ValueError):
+    """A ``<!-- test: ... -->`` comment that is not right before a fence, or unreadable."""
+
+
+def doc_pages() -> list[Path]:
+    return sorted({path for pattern in DOC_PAGES for path in PROJECT_DIR.glob(pattern)})
+
+
+def parse_marks(text: str) -> dict[str, str]:
+    """``key=value`` (shell quoting) or a bare ``key`` (value ""), e.g. ``role=server``."""
+    try:
+        words = shlex.split(text)
+    except ValueError as error:
+        raise DocMarksError(f"unreadable marks {text!r}: {error}") from None
+    marks: dict[str, str] = {}
+    for word in words:
+        key, _, value = word.partition("=")
+        marks[key] = value
+    return marks
+
+
+def fenced_blocks(page: Path) -> list[FencedBlock]:
+    """Every fenced block of a Markdown page, in order, with its marks.
+
+    A marks comment anywhere but on the line right before an opening fence
+    raises DocMarksError: it would silently apply to nothing.
+    """
+    name = str(page.relative_to(PROJECT_DIR))
+    lines = page.read_text().splitlines()
+    blocks: list[FencedBlock] = []
+    marks: tuple[int, dict[str, str]] | None = None
+    number = 0
+    while number < len(lines):
+        line = lines[number]
+        number += 1
+        fence = _FENCE.match(line)
+        if marks is not None and (fence is None or marks[0] != number - 1):
+            raise DocMarksError(
+                f"{name}:{marks[0]}: a test marks comment must be right before a fence"
+            )
+        if (found := _MARKS.match(line)) is not None:
+            marks = (number, parse_marks(found.group(1)))
+            continue
+        if fence is None:
+            continue
+        opening, language = fence.groups()
+        start, body = number, []
+        while number < len(lines) and not lines[number].startswith(opening[0] * len(opening)):
+            body.append(lines[number])
+            number += 1
+        number += 1  # the closing fence
+        blocks.append(
+            FencedBlock(name, start, language, "\n".join(body) + "\n", marks[1] if marks else {})
+        )
+        marks = None
+    if marks is not None:
+        raise DocMarksError(f"{name}:{marks[0]}: a test marks comment must be right before a fence")
+    return blocks
+
+
+def doc_blocks(*languages: str) -> list[FencedBlock]:
+    """The fenced blocks in ``languages`` of every page the tests run, page by page, in order."""
+    return [
+        block
+        for page in doc_pages()
+        for block in fenced_blocks(page)
+        if block.language in languages
+    ]
+
+
+def shell_commands(block: FencedBlock) -> list[str]:
+    """The commands of a shell block, one per logical line, as a user pastes them: lines
+    ending in a backslash joined to the next, blank and comment-only lines left out (a
+    trailing ``# ...`` is the shell's to ignore)."""
+    commands: list[str] = []
+    pending = ""
+    for line in block.text.splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1]
+            continue
+        commands.append(pending + line)
+        pending = ""
+    if pending:
+        commands.append(pending)
+    return commands
+
+
+def tracked_files() -> list[str]:
+    """The project's files as git has them (a fresh clone's), relative to the project."""
+    return run(["git", "ls-files"], COMMAND_TIMEOUT_S).splitlines()
+
+
+def fresh_checkout(directory: Path) -> Path:
+    """The working tree's version of every tracked file, copied into ``directory``: what a
+    fresh clone of this change holds."""
+    for name in tracked_files():
+        source = PROJECT_DIR / name
+        if source.is_file():
+            (directory / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, directory / name)
+    return directory
+
+
+# A documented command's time limit, unless a test gives it another.
+COMMAND_TIMEOUT_S = 60.0
+# A server the docs leave running in the foreground of its terminal (a ``DocShell`` runs it).
+_FOREGROUND_SERVER = re.compile(r"^python3 server\.py .*--bind tcp://[\w.]+:(\d+)")
+SERVICE_TIMEOUT_S = 30.0
+
+
+@dataclass
+class DocShell:
+    """Documented commands run as written, one after the other, as a user at a terminal would.
+
+    Each command runs with ``bash -c`` in ``directory`` with ``env`` (the
+    environment is replaced), bounded in time. ``sudo COMMAND`` runs COMMAND
+    as this process (root, where the tests need it); any other command as
+    ``user`` (uid, gid) with the supplementary ``groups``, when a user is
+    given. ``rewrite`` (old: new) is applied to each command first: a port the
+    docs say may be changed. A command the docs leave in the foreground (a
+    server, ``docker-compose up`` without ``-d``) is started in the
+    background, as in a terminal of its own (``start``; ``start_server`` also
+    waits until a server's port accepts), and ``interrupt`` is the Ctrl-C that
+    ends each.
+    """
+
+    directory: Path
+    env: dict[str, str]
+    user: tuple[int, int] | None = None
+    groups: tuple[int, ...] = ()
+    rewrite: dict[str, str] = field(default_factory=dict)
+    foreground: list[asyncio.subprocess.Process] = field(default_factory=list)
+
+    def argv(self, command: str) -> list[str]:
+        if command.startswith("sudo "):
+            return ["bash", "-c", command.removeprefix("sudo ")]
+        if self.user is None:
+            return ["bash", "-c", command]
+        uid, gid = self.user
+        groups = ",".join(map(str, self.groups))
+        switch = [
+            f"--reuid={uid}",
+            f"--regid={gid}",
+            f"--groups={groups}" if groups else "--clear-groups",
+        ]
+        return ["setpriv", *switch, "--", "bash", "-c", command]
+
+    def written(self, command: str) -> str:
+        for old, new in self.rewrite.items():
+            command = command.replace(old, new)
+        return command
+
+    async def _spawn(self, command: str, output: Any) -> asyncio.subprocess.Process:
+        """Start a (rewritten) command; ``output``: where its stdout and stderr go."""
+        return await asyncio.create_subprocess_exec(
+            *self.argv(command),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=output,
+            stderr=asyncio.subprocess.STDOUT if output != asyncio.subprocess.PIPE else output,
+            env=self.env,
+            cwd=self.directory,
+            start_new_session=True,  # a process group of its own, as a terminal's job
+        )
+
+    async def run(self, command: str, timeout_s: float = COMMAND_TIMEOUT_S) -> Finished:
+        """Run one command to its end; a test failure, with its output, if it fails."""
+        command = self.written(command)
+        process = await self._spawn(command, asyncio.subprocess.PIPE)
+        try:
+            stdout, stderr = await asyncio.wait_for(process.communicate(), timeout_s)
+        except TimeoutError:
+            pytest.fail(f"`{command}` took over {timeout_s:g} s")
+        finally:
+            if process.returncode is None:
+                await signal_job(process, signal.SIGKILL, 0)
+        done = Finished(process.returncode or 0, stdout.decode(), stderr.decode())
+        if done.status != 0:
+            pytest.fail(f"`{command}` failed ({done.status}):\n{done.stdout}\n{done.stderr}")
+        return done
+
+    async def start(self, command: str, log: Path | None = None) -> asyncio.subprocess.Process:
+        """Start a foreground command in the background; what it prints goes to ``log``."""
+        command = self.written(command)
+        with contextlib.ExitStack() as files:
+            output = (
+                asyncio.subprocess.DEVNULL if log is None else files.enter_context(log.open("wb"))
+            )
+            process = await self._spawn(command, output)
+        self.foreground.append(process)
+        return process
+
+    async def start_server(self, command: str) -> None:
+        """Start a foreground server (``--bind tcp://HOST:PORT``); return once its port accepts."""
+        match = _FOREGROUND_SERVER.match(self.written(command))
+        assert match, command
+        process = await self.start(command)
+        try:
+            await asyncio.wait_for(wait_listening(int(match.group(1)), process), SERVICE_TIMEOUT_S)
+        except (TimeoutError, StackError) as error:
+            pytest.fail(f"`{self.written(command)}` did not start serving: {error}")
+
+    async def run_all(self, commands: Sequence[str]) -> list[Finished]:
+        """Each command in turn (a foreground server started, not waited for); what each of the
+        others printed."""
+        finished = []
+        for command in commands:
+            if _FOREGROUND_SERVER.match(self.written(command)):
+                await self.start_server(command)
+            else:
+                finished.append(await self.run(command))
+        return finished
+
+    async def interrupt(self, timeout_s: float = STOP_TIMEOUT_S) -> list[int]:
+        """Ctrl-C to each foreground command started (SIGINT to its process group, as a
+        terminal sends it); their exit statuses. Killed if one outlasts ``timeout_s``."""
+        statuses = [
+            await signal_job(process, signal.SIGINT, timeout_s) for process in self.foreground
+        ]
+        self.foreground.clear()
+        return statuses
+
+
+async def signal_job(process: asyncio.subprocess.Process, signum: int, timeout_s: float) -> int:
+    """Send ``signum`` to the process group a ``DocShell`` started; its leader's exit status
+    within ``timeout_s``, else the group is killed."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
+    try:
+        return await asyncio.wait_for(process.wait(), timeout_s)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        return await process.wait()
 
 
 # --- nginx configs -----------------------------------------------------------------

@@ -2,6 +2,7 @@
  * address, Lazy Pirate retries. The wire format is docs/protocol.md.
  *
  *   ./client [--connect ENDPOINT] [--requests N] [--timeout-ms MS] [--tries N]
+ *   ./client --help
  *
  * Environment: SERVER_CONNECT, CLIENT_REQUESTS, CLIENT_TIMEOUT_MS, CLIENT_TRIES.
  * Exit status: 0 when every request was answered, 1 when one was not, 2 on a
@@ -32,12 +33,36 @@ struct reply {
     char status[MAX_FRAME + 1];
 };
 
+#define USAGE "usage: client [--help] [--connect ENDPOINT] [--requests N] [--timeout-ms MS] " \
+              "[--tries N]\n"
+
 static void usage(const char *message)
 {
     fprintf(stderr, "error: %s\n", message);
-    fprintf(stderr, "usage: client [--connect ENDPOINT] [--requests N] [--timeout-ms MS] "
-                    "[--tries N]\n");
+    fputs(USAGE, stderr);
     exit(2);
+}
+
+/* --help: what each flag does, its environment variable and its default; exit 0. */
+static void help(void)
+{
+    fputs(USAGE, stdout);
+    fputs("\n"
+          "The demo client: numbered requests, request 2 without its address, Lazy Pirate\n"
+          "retries. Exit 0 when every request was answered, 1 when one was not, 2 on a\n"
+          "usage error.\n"
+          "\n"
+          "options:\n"
+          "  --help               show this help and exit\n"
+          "  --connect ENDPOINT   the server or nginx (env SERVER_CONNECT, default\n"
+          "                       tcp://localhost:5555)\n"
+          "  --requests N         how many requests (env CLIENT_REQUESTS, default 10)\n"
+          "  --timeout-ms MS      wait per reply before a retry (env CLIENT_TIMEOUT_MS,\n"
+          "                       default 2500)\n"
+          "  --tries N            tries per request, the first included (env CLIENT_TRIES,\n"
+          "                       default 3)\n",
+          stdout);
+    exit(0);
 }
 
 static long whole_number(const char *name, const char *text, long least)
@@ -69,6 +94,7 @@ static struct config parse_args(int argc, char **argv)
         {"requests", required_argument, NULL, 'r'},
         {"timeout-ms", required_argument, NULL, 't'},
         {"tries", required_argument, NULL, 'n'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     opterr = 0;
@@ -79,6 +105,7 @@ static struct config parse_args(int argc, char **argv)
         case 'r': requests = optarg; break;
         case 't': timeout_ms = optarg; break;
         case 'n': tries = optarg; break;
+        case 'h': help(); break;
         default: usage("unknown option or missing value");
         }
     }

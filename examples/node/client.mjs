@@ -2,6 +2,7 @@
 // Lazy Pirate retries. The wire format is docs/protocol.md.
 //
 //   node client.mjs [--connect ENDPOINT] [--requests N] [--timeout-ms MS] [--tries N]
+//   node client.mjs --help
 //
 // Environment: SERVER_CONNECT, CLIENT_REQUESTS, CLIENT_TIMEOUT_MS, CLIENT_TRIES.
 // Exit status: 0 when every request was answered, 1 when one was not, 2 on a usage error.
@@ -14,11 +15,28 @@ const MALFORMED = 2 // the request sent without its address frame
 const HEARTBEAT_MS = 10000 // as the server: keeps an idle connection open through nginx
 const STATUSES = ["Server response", "Invalid message"]
 
+const USAGE =
+  "usage: node client.mjs [--help] [--connect ENDPOINT] [--requests N] [--timeout-ms MS] [--tries N]"
+
+const HELP = `${USAGE}
+
+The demo client: numbered requests, request 2 without its address, Lazy Pirate
+retries. Exit 0 when every request was answered, 1 when one was not, 2 on a
+usage error.
+
+options:
+  --help               show this help and exit
+  --connect ENDPOINT   the server or nginx (env SERVER_CONNECT, default
+                       tcp://localhost:5555)
+  --requests N         how many requests (env CLIENT_REQUESTS, default 10)
+  --timeout-ms MS      wait per reply before a retry (env CLIENT_TIMEOUT_MS,
+                       default 2500)
+  --tries N            tries per request, the first included (env CLIENT_TRIES,
+                       default 3)`
+
 function usage(message) {
   console.error(`error: ${message}`)
-  console.error(
-    "usage: node client.mjs [--connect ENDPOINT] [--requests N] [--timeout-ms MS] [--tries N]",
-  )
+  console.error(USAGE)
   process.exit(2)
 }
 
@@ -38,10 +56,15 @@ function options() {
         requests: { type: "string" },
         "timeout-ms": { type: "string" },
         tries: { type: "string" },
+        help: { type: "boolean" },
       },
     }).values
   } catch (error) {
     usage(error.message)
+  }
+  if (parsed.help) {
+    console.log(HELP)
+    process.exit(0)
   }
   const env = process.env
   return {

@@ -2,9 +2,11 @@
 
 The examples are installed into their own directories (``npm ci``, ``make``)
 once per run, bounded in time, and skipped with the reason where node/npm or
-a C compiler with libzmq's headers are missing. Each client then runs as a
-subprocess against a real replica (``server.py`` started here, ready once it
-answers a ping) and through nginx (``LocalStack``), and against nothing at all.
+a C compiler with libzmq's headers are missing; ``npm ci`` must print no
+warning. Each client answers ``--help`` and refuses an unknown option, then
+runs as a subprocess against a real replica (``server.py`` started here, ready
+once it answers a ping) and through nginx (``LocalStack``), and against
+nothing at all.
 """
 
 from __future__ import annotations
@@ -47,9 +49,17 @@ MISSING_ADDRESS = b"missing address: 1 frame, expected address and data"
 # --- the example clients, installed once per run -----------------------------------
 
 
+@dataclass(frozen=True)
+class NodeInstall:
+    """The Node.js client's command line, and what ``npm ci`` printed installing it."""
+
+    command: list[str]
+    output: str
+
+
 @pytest.fixture(scope="module")
-def node_client() -> list[str]:
-    """The Node.js client's command line, after ``npm ci`` in examples/node."""
+def node_install() -> NodeInstall:
+    """``npm ci`` in examples/node, as its README says."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         pytest.skip("node and npm are needed for the Node.js example (apt-get install nodejs npm)")
@@ -59,8 +69,24 @@ def node_client() -> list[str]:
     major = version.strip().lstrip("v").split(".")[0]
     if not major.isdigit() or int(major) < 18:
         pytest.skip(f"the Node.js example needs Node 18+, this is {version.strip()!r}")
-    run([npm, "ci", "--no-audit", "--no-fund"], INSTALL_TIMEOUT_S, cwd=NODE_DIR)
-    return [node, str(NODE_DIR / "client.mjs")]
+    done = subprocess.run(
+        [npm, "ci"],
+        cwd=NODE_DIR,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=INSTALL_TIMEOUT_S,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"npm ci failed ({done.returncode}):\n{output}"
+    return NodeInstall([node, str(NODE_DIR / "client.mjs")], output)
+
+
+@pytest.fixture(scope="module")
+def node_client(node_install: NodeInstall) -> list[str]:
+    """The Node.js client's command line, after ``npm ci`` in examples/node."""
+    return node_install.command
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +172,39 @@ async def replica(context: zmq.asyncio.Context) -> AsyncIterator[str]:
         ping = await asyncio.wait_for(_ping(context, endpoint), READY_TIMEOUT_S)
         assert ping == protocol.ok_reply(REPLICA)
         yield endpoint
+
+
+# --- installing and asking for help -------------------------------------------------
+
+
+def test_npm_ci_installs_without_a_warning(node_install: NodeInstall) -> None:
+    """zeromq's install script is approved in package.json (``allowScripts``), so npm 11
+    does not warn that it ran unreviewed (and npm 12 does not skip it)."""
+    warnings = [
+        line for line in node_install.output.splitlines() if line.lower().startswith("npm warn")
+    ]
+    assert warnings == [], node_install.output
+
+
+FLAGS = ("--connect", "--requests", "--timeout-ms", "--tries")
+
+
+async def test_example_help(example: list[str]) -> None:
+    """``--help``: usage, every flag with its environment variable, on stdout; exit 0."""
+    run = await run_example(example, "--help")
+    assert run.status == 0, str(run)
+    assert run.stderr == "", str(run)
+    assert run.stdout[0].startswith("usage: "), str(run)
+    text = "\n".join(run.stdout)
+    for name in (*FLAGS, *CLIENT_ENV):
+        assert name in text, str(run)
+
+
+async def test_example_rejects_an_unknown_option(example: list[str]) -> None:
+    run = await run_example(example, "--no-such-option")
+    assert run.status == 2, str(run)
+    assert run.stdout == [], str(run)
+    assert run.stderr.splitlines()[-1].startswith("usage: "), str(run)
 
 
 # --- the examples against a replica, through nginx, and against nothing ----------

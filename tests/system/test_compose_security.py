@@ -17,7 +17,8 @@ longer timeout), one replica and nginx.
    0, inside its grace period.
 
 ``TestCurve``: docker-compose.yml plus docker-compose.curve.yml, with keys made
-by keys.py in a temporary directory. The replicas turn healthy (the health
+by keys.py in a temporary directory, the secret ones readable by the
+containers' group as docs/security.md hands them over. The replicas turn healthy (the health
 check has its own authorized key), the demo client (its key a compose secret)
 prints the seed's lines, 6 clients on the host with an authorized key are
 answered by all 3 replicas through nginx, and clients with no CURVE, an unknown
@@ -282,13 +283,14 @@ def curve_keys(tmp_path_factory: pytest.TempPathFactory) -> CurveKeys:
     directory = tmp_path_factory.mktemp("curve") / "keys"
     keys.generate(directory, ["server", "mallory"])
     keys.generate(directory, ["healthcheck", "client1"], authorize=directory / "authorized")
-    # Compose mounts secret files with their owner and mode (0600): the
-    # containers' user must own them to read them.
+    # Compose mounts secret files with their owner and mode: as docs/security.md
+    # says, the containers' group reads them (0640), their owner still can.
     try:
         for name in ("server", "healthcheck", "client1"):
-            os.chown(directory / f"{name}.key_secret", CONTAINER_USER, CONTAINER_USER)
+            os.chown(directory / f"{name}.key_secret", -1, CONTAINER_USER)
+            os.chmod(directory / f"{name}.key_secret", 0o640)
     except PermissionError:
-        pytest.skip(f"handing the secret keys to uid {CONTAINER_USER} needs root (chown)")
+        pytest.skip(f"handing the secret keys to group {CONTAINER_USER} needs root (chgrp)")
     return CurveKeys(directory)
 
 
