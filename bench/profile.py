@@ -3,12 +3,15 @@
 
     .venv/bin/python -m bench.profile                  # ROUTER, 16 clients, 5 s
     .venv/bin/python -m bench.profile --server-args "--work-ms 20" --clients 64
+    .venv/bin/python -m bench.profile --out /tmp/server.folded   # keep the raw stacks
 
 Starts one server replica (``local_stack.LocalStack``), drives it with the
 load generator and records it with ``py-spy record`` (pinned in
 requirements-dev.txt; needs permission to ptrace, e.g. root) at the same time.
 Prints the functions with the most samples, on their own (self) and with what
-they call (inclusive), and keeps py-spy's raw folded stacks for a flame graph.
+they call (inclusive). py-spy's raw folded stacks (for a flame graph) go to
+``--out`` if given, else to a temporary file removed at the end: nothing is
+written in the working directory.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import shlex
 import shutil
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,11 +58,11 @@ def summarize(folded: str, top: int) -> str:
     return "\n".join(lines)
 
 
-async def profile(args: argparse.Namespace, pyspy: str) -> str:
+async def profile(args: argparse.Namespace, pyspy: str, out: Path) -> str:
     async with LocalStack(1, server_args=shlex.split(args.server_args), nginx=False) as stack:
         replica = stack.replicas[0]
         command = [pyspy, "record", "--pid", str(replica.process.pid), "--format", "raw"]
-        command += ["--output", str(args.out), "--duration", str(int(args.duration_s))]
+        command += ["--output", str(out), "--duration", str(int(args.duration_s))]
         command += ["--rate", str(args.rate)]
         if args.native:
             command.append("--native")
@@ -78,7 +82,9 @@ async def profile(args: argparse.Namespace, pyspy: str) -> str:
         f"server {args.server_args or '(defaults)'}, {args.clients} clients: "
         f"{load.requests_per_s:.0f} req/s, p50 {load.p50_ms:.3f} ms, p99 {load.p99_ms:.3f} ms"
     )
-    return f"{header}\nraw stacks: {args.out}\n\n{summarize(args.out.read_text(), args.top)}"
+    kept = f"raw stacks: {out}" if args.out else "raw stacks: not kept (--out PATH keeps them)"
+    folded = await asyncio.to_thread(out.read_text)
+    return f"{header}\n{kept}\n\n{summarize(folded, args.top)}"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -99,7 +105,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--native", action="store_true", help="include C frames (py-spy)")
     parser.add_argument("--top", type=cli.int_at_least(1), default=25, help="functions to list")
     parser.add_argument(
-        "--out", type=Path, default=Path("server-profile.txt"), help="py-spy raw output"
+        "--out",
+        type=Path,
+        help="keep py-spy's raw folded stacks in this file (default: a temporary file, removed)",
     )
     return parser.parse_args(argv)
 
@@ -110,7 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not Path(pyspy).exists():
         print("py-spy not found: pip install -r requirements-dev.txt", file=sys.stderr)
         return 1
-    print(asyncio.run(profile(args, pyspy)))
+    if args.out is not None:
+        print(asyncio.run(profile(args, pyspy, args.out)))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="bench-profile-") as workdir:
+        print(asyncio.run(profile(args, pyspy, Path(workdir) / "server-profile.txt")))
     return 0
 
 
