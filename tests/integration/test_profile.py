@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs py-spy (requirements-dev.txt) and permission to ptrace (root)",
 )
 RUN_TIMEOUT_S = 120
-PROFILE = (sys.executable, "-m", "bench.profile", "--duration-s", "1", "--clients", "2")
+PROFILE = (sys.executable, "-m", "bench.profile", "--duration-s", "1", "--callers", "2")
 
 
 def test_without_out_it_prints_the_summary_and_leaves_no_file() -> None:
