@@ -18,10 +18,15 @@ allows several requests in flight, else one each (``DRIVERS``):
     zerorpc         one zerorpc.Client, shared by a greenlet per caller (gevent's loop)
     aiozmq          one aiozmq.rpc client, shared
     aiohttp         one ClientSession, shared (its pool: a keep-alive connection per caller)
+    zeroapi         one zeroapi AsyncZeroClient (ZeroMQ mode: one DEALER), shared
+    zeroapi-sync    one zeroapi ZeroClient shared by a thread per caller (zeroapi gives each
+                    calling thread its own DEALER socket)
+    zeroapi-tcp     one AsyncZeroClient in TCP mode, shared; its pool has a connection per
+                    caller (each connection carries one request at a time)
 
 The asyncio systems run on the loop ``--loop`` names (asyncio's own, or uvloop
-if installed: requirements-bench.txt); zerorpc on gevent's (a driver may also run
-its callers on threads). The measured window is ``bench.recorder``'s; prints one JSON object
+if installed: requirements-bench.txt); zerorpc on gevent's, zeroapi-sync on
+threads. The measured window is ``bench.recorder``'s; prints one JSON object
 (``bench.recorder.LoadResult``).
 
 A new system is a factory here (an async context manager that, given the
@@ -43,6 +48,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from bench.peer_servers import GRPC_METHOD, decode_fields, encode_fields
 from bench.recorder import LoadResult, Recorder
@@ -52,6 +58,8 @@ from reqrep.protocol import SERVER_RESPONSE
 PAYLOAD: Final = b"x" * 16
 # After the window closes, how long callers get to finish the request in flight.
 FINISH_TIMEOUT_S: Final = 5.0
+# The RPC every RPC-style peer serves (bench.peer_servers).
+RPC_NAME: Final = "request"
 ASYNCIO: Final = "asyncio"
 UVLOOP: Final = "uvloop"
 LOOPS: Final = (ASYNCIO, UVLOOP)
@@ -113,6 +121,13 @@ def _status(fields: Sequence[Any] | None) -> bytes:
     if fields is None or len(fields) != protocol.REPLY_FRAMES or not isinstance(fields[0], bytes):
         return b""
     return fields[0]
+
+
+def _host_port(target: str) -> tuple[str, int]:
+    parts = urlsplit(target)
+    if parts.hostname is None or parts.port is None:
+        raise ValueError(f"not a tcp://host:port target: {target!r}")
+    return parts.hostname, parts.port
 
 
 # --- asyncio callers: one factory per system -------------------------------------
@@ -269,6 +284,45 @@ async def aiohttp_callers(target: str, requests: Requests) -> AsyncIterator[Call
         yield Callers([caller(encode_fields(fields)) for fields in requests], 1)
 
 
+@contextlib.asynccontextmanager
+async def zeroapi_callers(target: str, requests: Requests, tcp: bool) -> AsyncIterator[Callers]:
+    from zero import AsyncZeroClient  # type: ignore[import-untyped]
+    from zero.protocols.tcp import AsyncTCPClient  # type: ignore[import-untyped]
+
+    host, port = _host_port(target)
+    if tcp:
+        # Its TCP pool carries one request per connection at a time: one per caller.
+        client = AsyncZeroClient(host, port, protocol=AsyncTCPClient, pool_size=len(requests))
+    else:
+        client = AsyncZeroClient(host, port)
+    # zeroapi connects on the first call. Make it alone: callers racing to make the first
+    # call can lose a reply to its connect handshake, which takes whatever comes next.
+    await client.call(RPC_NAME, requests[0])
+
+    def caller(fields: list[bytes]) -> Call:
+        async def call() -> bytes:
+            return _status(await client.call(RPC_NAME, fields))
+
+        return call
+
+    try:
+        yield Callers([caller(fields) for fields in requests], 1)
+    finally:
+        client.close()
+        # close() schedules the TCP pool's closing as a task of its own: let it finish.
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        if others:
+            await asyncio.wait(others, timeout=FINISH_TIMEOUT_S)
+
+
+def zeroapi_zmq(target: str, requests: Requests) -> contextlib.AbstractAsyncContextManager[Callers]:
+    return zeroapi_callers(target, requests, tcp=False)
+
+
+def zeroapi_tcp(target: str, requests: Requests) -> contextlib.AbstractAsyncContextManager[Callers]:
+    return zeroapi_callers(target, requests, tcp=True)
+
+
 async def drive_async(open_callers: AsyncOpener, loop: str, load: Load) -> LoadResult:
     clock = time.perf_counter
     async with open_callers(load.target, requests_for(load.callers)) as made:
@@ -315,7 +369,7 @@ def run_on(loop: str, coroutine: Awaitable[Any]) -> Any:
     return asyncio.run(main())
 
 
-# --- callers on gevent's loop (zerorpc) or on threads ------------------------------
+# --- callers on gevent's loop (zerorpc) or on threads (zeroapi's sync client) ------
 
 
 @contextlib.contextmanager
@@ -327,6 +381,22 @@ def zerorpc_callers(target: str, requests: Requests) -> Iterator[SyncCallers]:
 
     def caller(fields: list[bytes]) -> SyncCall:
         return lambda: _status(client.request(*fields))
+
+    try:
+        yield SyncCallers([caller(fields) for fields in requests], 1)
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def zeroapi_sync_callers(target: str, requests: Requests) -> Iterator[SyncCallers]:
+    from zero import ZeroClient
+
+    # One client; zeroapi gives each calling thread a DEALER socket of its own.
+    client = ZeroClient(*_host_port(target))
+
+    def caller(fields: list[bytes]) -> SyncCall:
+        return lambda: _status(client.call(RPC_NAME, fields))
 
     try:
         yield SyncCallers([caller(fields) for fields in requests], 1)
@@ -424,6 +494,9 @@ DRIVERS: Final[dict[str, Driver]] = {
     "zerorpc": Driver(GEVENT, open_sync=zerorpc_callers),
     "aiozmq": Driver(ASYNCIO, open_async=aiozmq_callers),
     "aiohttp": Driver(ASYNCIO, open_async=aiohttp_callers),
+    "zeroapi": Driver(ASYNCIO, open_async=zeroapi_zmq),
+    "zeroapi-sync": Driver(THREADS, open_sync=zeroapi_sync_callers),
+    "zeroapi-tcp": Driver(ASYNCIO, open_async=zeroapi_tcp),
 }
 
 

@@ -1,6 +1,6 @@
 """Peers side by side: this project's server and other request/reply stacks, one table.
 
-    .venv/bin/python -m bench.peers        # ~3.5 min on 2 cores: the table in docs/peers.md
+    .venv/bin/python -m bench.peers        # ~6 min on 2 cores: the table in docs/peers.md
     .venv/bin/python -m bench.peers --systems project-client,project-req --callers 16
     .venv/bin/python -m bench.peers --systems all --callers 16 --rounds 3 --json
     .venv/bin/python -m bench.peers --loop uvloop      # the asyncio callers on uvloop
@@ -21,6 +21,10 @@ column: "shared"). Systems (``SYSTEMS``):
     zerorpc          zerorpc (gevent), its Server, one Client shared by greenlets
     aiozmq           aiozmq.rpc, one client
     aiohttp          HTTP/1.1 keep-alive POST, one ClientSession
+    zeroapi          zeroapi in ZeroMQ mode, one AsyncZeroClient; its default workers
+    zeroapi-sync     the same server, one sync ZeroClient shared by a thread per caller
+    zeroapi-tcp      zeroapi in TCP mode, one AsyncZeroClient (TCP protocol)
+    *-w1             the same three with the server's workers=1
 
 Servers validate the same way (``reqrep.protocol.respond``: an address field or
 ``Invalid message``) and send the same small three-field reply; see
@@ -39,6 +43,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 import shlex
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -61,6 +66,8 @@ REFERENCES: Final = ("project-req", "project-client")
 PROJECT: Final = "project"  # System.server: the project's server
 CEILING: Final = "ceiling"  # System.server: bench/ceiling.py
 TCP_TARGET: Final = "tcp://127.0.0.1:{port}"
+CPUS: Final = os.cpu_count() or 1
+ONE_WORKER: Final = ("--workers", "1")
 # What the header names, with their versions.
 PACKAGES: Final = (
     "grpcio",
@@ -69,6 +76,8 @@ PACKAGES: Final = (
     "gevent",
     "aiozmq",
     "aiohttp",
+    "zeroapi",
+    "msgspec",
     "uvloop",
 )
 
@@ -101,6 +110,18 @@ SYSTEMS: Final = (
         "aiohttp",
         target="http://127.0.0.1:{port}" + HTTP_PATH,
     ),
+    System("zeroapi", f"zeroapi async, {CPUS} workers (default)", "zeroapi", "zeroapi"),
+    System("zeroapi-w1", "zeroapi async, 1 worker", "zeroapi", "zeroapi", ONE_WORKER),
+    System("zeroapi-sync", f"zeroapi sync, {CPUS} workers (default)", "zeroapi", "zeroapi-sync"),
+    System("zeroapi-sync-w1", "zeroapi sync, 1 worker", "zeroapi", "zeroapi-sync", ONE_WORKER),
+    System(
+        "zeroapi-tcp",
+        f"zeroapi TCP, {CPUS} workers (default)",
+        "zeroapi-tcp",
+        "zeroapi-tcp",
+        listeners=CPUS,
+    ),
+    System("zeroapi-tcp-w1", "zeroapi TCP, 1 worker", "zeroapi-tcp", "zeroapi-tcp", ONE_WORKER),
 )
 SYSTEM_KEYS: Final = tuple(system.key for system in SYSTEMS)
 BY_KEY: Final = {system.key: system for system in SYSTEMS}

@@ -28,6 +28,24 @@ def test_every_system_has_a_server_and_a_driver_for_its_callers() -> None:
     assert len(set(peers.SYSTEM_KEYS)) == len(peers.SYSTEMS)
 
 
+def test_zeroapi_rows_say_how_many_workers_their_server_has() -> None:
+    zeroapi = [s for s in peers.SYSTEMS if s.key.startswith("zeroapi")]
+    assert [s.key for s in zeroapi] == [
+        "zeroapi",
+        "zeroapi-w1",
+        "zeroapi-sync",
+        "zeroapi-sync-w1",
+        "zeroapi-tcp",
+        "zeroapi-tcp-w1",
+    ]
+    for system in zeroapi:
+        one = system.key.endswith("-w1")
+        assert system.server_args == (("--workers", "1") if one else ())
+        assert ("1 worker" if one else f"{peers.CPUS} workers (default)") in system.label
+    # The TCP mode's workers each listen on the port: the server is up once they all do.
+    assert peers.BY_KEY["zeroapi-tcp"].listeners == peers.CPUS
+
+
 def test_the_documented_check_command_parses() -> None:
     args = peers.parse_args(["--systems", "all", "--callers", "16", "--rounds", "3", "--json"])
     assert (args.systems, args.callers, args.rounds, args.json) == (
@@ -42,7 +60,7 @@ def test_the_documented_check_command_parses() -> None:
     ("argv", "complaint"),
     [
         (("--systems", "bogus"), "unknown systems bogus"),
-        (("--loop", "uvloop", "--systems", "zerorpc"), "runs on asyncio"),
+        (("--loop", "uvloop", "--systems", "zerorpc,zeroapi-sync"), "runs on asyncio"),
         (("--server-args", "--metrics-port 0", "--systems", "grpc"), "project's server"),
         (("--callers", "0"), "must be at least 1"),
     ],
@@ -60,9 +78,16 @@ def test_the_load_process_refuses_a_loop_its_system_does_not_run_on(
     assert "runs on asyncio" in usage_error(capsys, peer_clients.parse_args, *argv)
 
 
+def test_a_peer_server_refuses_workers_it_would_ignore(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ("grpc", "--port", "1", "--workers", "2")
+    assert "--workers is for" in usage_error(capsys, peer_servers.main, *argv)
+
+
 def test_uvloop_reaches_only_the_asyncio_callers() -> None:
     started = Started(["tcp://127.0.0.1:1"], [1])
-    asyncio_load = peers.load_command(peers.BY_KEY["aiozmq"], "uvloop", started)
-    gevent_load = peers.load_command(peers.BY_KEY["zerorpc"], "uvloop", started)
+    asyncio_load = peers.load_command(peers.BY_KEY["zeroapi"], "uvloop", started)
+    thread_load = peers.load_command(peers.BY_KEY["zeroapi-sync"], "uvloop", started)
     assert asyncio_load[-2:] == ["--loop", "uvloop"]
-    assert "--loop" not in gevent_load
+    assert "--loop" not in thread_load
