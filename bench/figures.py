@@ -82,8 +82,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     common = ["--rounds", str(args.rounds), *(["--verbose"] if args.verbose else [])]
-    run_report = run.collect(run.parse_args([*common, "--informational"]))
-    peers_report = peers.collect(peers.parse_args(common))
+    try:
+        run_report = run.collect(run.parse_args([*common, "--informational"]))
+        peers_report = peers.collect(peers.parse_args(common))
+    except KeyboardInterrupt:
+        return 130
     write_table(args.docs / "performance.md", "bench.run", run_report.text)
     write_table(args.docs / "peers.md", "bench.peers", peers_report.text)
     peers.chart(peers_report.figures, peers_report.info, args.docs / "peers.png")

@@ -323,7 +323,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    report = collect(args)
+    try:
+        report = collect(args)
+    except KeyboardInterrupt:
+        return 130
     print(json.dumps(report.document, indent=2) if args.json else report.text)
     if args.chart is not None and report.figures:
         chart(report.figures, report.info, args.chart)

@@ -325,7 +325,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    report = collect(args)
+    try:
+        report = collect(args)
+    except KeyboardInterrupt:
+        return 130
     print(json.dumps(report.document, indent=2) if args.json else report.text)
     for failure in report.failures:
         print(f"bench.run: {failure}", file=sys.stderr)
