@@ -216,9 +216,13 @@ def header(info: dict[str, str], window: Window, reference: str | None) -> list[
         f"each figure: the median of that figure over {rounds} (errors: the sum); each "
         f"round {window.warmup_s:g} s warm-up, then {window.duration_s:g} s measured; closed "
         "loop, one request outstanding per caller, one load process, servers in their own",
-        f"x ref: req/s over {reference or 'nothing'}'s at the same callers ('-': not "
-        "comparable); us/reply: user+sys CPU per reply over the window, server (all its "
-        "processes and threads) and load process; load CPU: % of one core",
+        (
+            f"x ref: req/s over {reference}'s at the same callers ('-': not comparable)"
+            if reference
+            else "x ref: no reference row in this run"
+        )
+        + "; us/reply: user+sys CPU per reply over the window, server (all its processes "
+        "and threads) and load process; load CPU: % of one core",
     ]
 
 

@@ -1,6 +1,6 @@
 """Peers side by side: this project's server and other request/reply stacks, one table.
 
-    .venv/bin/python -m bench.peers        # ~6 min on 2 cores: the table in docs/peers.md
+    .venv/bin/python -m bench.peers        # ~8 min on 2 cores: the table in docs/peers.md
     .venv/bin/python -m bench.peers --systems project-client,project-req --callers 16
     .venv/bin/python -m bench.peers --systems all --callers 16 --rounds 3 --json
     .venv/bin/python -m bench.peers --loop uvloop      # the asyncio callers on uvloop
