@@ -1,26 +1,38 @@
 """The load process of ``bench.peers``: C closed-loop callers of one system, one process.
 
     python -m bench.peer_clients project-req --target tcp://127.0.0.1:5555 --callers 16 \\
-        --duration-s 2 --warmup-s 0.5 --server-pid 1234
+        --duration-s 2 --warmup-s 0.5 --server-pid 1234 [--loop uvloop]
 
 Each caller sends a request, waits for its reply, checks it is a ``Server
-response``, and sends the next; all callers share one event loop (asyncio, or
-gevent's for zerorpc), each with its own client as its library intends:
+response``, and sends the next. The callers use their system's client as its
+users would: one client object shared by all of them wherever the client
+allows several requests in flight, else one each (``DRIVERS``):
 
-    project-client  the project's async ``Client`` (Lazy Pirate), one per caller
-    project-req     a bare pyzmq asyncio REQ socket per caller, same server
+    project-client  the project's async ``Client`` (Lazy Pirate), one per caller: a REQ
+                    socket has one request in flight
+    project-req     a bare pyzmq asyncio REQ socket per caller (same reason), same server
     ceiling         the same bare REQ socket per caller, against the sync REP echo
-    grpc            one grpc.aio channel (HTTP/2, as gRPC intends), a call per caller
-    pynng           one nng REQ socket, an nng context per caller
-    zerorpc         a zerorpc.Client per caller, each in its own greenlet
-    aiozmq          an aiozmq.rpc client per caller
-    aiohttp         one ClientSession, a keep-alive connection per caller
+    grpc            one grpc.aio channel (HTTP/2), shared
+    pynng           one nng REQ socket, shared, with an nng context per caller (nng's way to
+                    have several requests in flight on one socket)
+    zerorpc         one zerorpc.Client, shared by a greenlet per caller (gevent's loop)
+    aiozmq          one aiozmq.rpc client, shared
+    aiohttp         one ClientSession, shared (its pool: a keep-alive connection per caller)
+    zeroapi         one zeroapi AsyncZeroClient (ZeroMQ mode: one DEALER), shared
+    zeroapi-sync    one zeroapi ZeroClient shared by a thread per caller (zeroapi gives each
+                    calling thread its own DEALER socket)
+    zeroapi-tcp     one AsyncZeroClient in TCP mode, shared; its pool has a connection per
+                    caller (each connection carries one request at a time)
 
-After ``--warmup-s`` the measured window opens for ``--duration-s``: every
-reply that arrives in it counts, with its latency; this process's CPU time
-(``time.process_time``: every thread, ZeroMQ's and gRPC's included) and the
-server's (``/proc/PID/stat`` utime+stime, all its threads) are read at the
-window's two ends. Prints one JSON object (``LoadResult``).
+The asyncio systems run on the loop ``--loop`` names (asyncio's own, or uvloop
+if installed: requirements-bench.txt); zerorpc on gevent's, zeroapi-sync on
+threads. The measured window is ``bench.recorder``'s; prints one JSON object
+(``bench.recorder.LoadResult``).
+
+A new system is a factory here (an async context manager that, given the
+target and each caller's request fields, yields ``Callers``: a call per caller,
+and how many client objects they share), a ``Driver`` in ``DRIVERS``, and a
+``System`` in ``bench.peers``.
 """
 
 from __future__ import annotations
@@ -28,115 +40,75 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
-import math
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
+from urllib.parse import urlsplit
 
-from bench.machine import process_cpu_s
 from bench.peer_servers import GRPC_METHOD, decode_fields, encode_fields
+from bench.recorder import LoadResult, Recorder
 from reqrep import cli, protocol
 from reqrep.protocol import SERVER_RESPONSE
-from reqrep.report import percentile
 
-ASYNC_SYSTEMS: Final = (
-    "project-client",
-    "project-req",
-    "ceiling",
-    "grpc",
-    "pynng",
-    "aiozmq",
-    "aiohttp",
-)
-SYSTEMS: Final = (*ASYNC_SYSTEMS, "zerorpc")
 PAYLOAD: Final = b"x" * 16
 # After the window closes, how long callers get to finish the request in flight.
 FINISH_TIMEOUT_S: Final = 5.0
+# The RPC every RPC-style peer serves (bench.peer_servers).
+RPC_NAME: Final = "request"
+ASYNCIO: Final = "asyncio"
+UVLOOP: Final = "uvloop"
+LOOPS: Final = (ASYNCIO, UVLOOP)
+GEVENT: Final = "gevent"
+THREADS: Final = "threads"
 
 Requests = Sequence[list[bytes]]
 Call = Callable[[], Awaitable[bytes]]
+SyncCall = Callable[[], bytes]
 
 
 @dataclass(frozen=True, slots=True)
-class LoadResult:
-    system: str
+class Callers:
+    """One call per caller (each returns its reply's status), and the client objects behind
+    them: 1 when the callers share one client."""
+
+    calls: list[Call]
+    client_objects: int
+
+
+@dataclass(frozen=True, slots=True)
+class SyncCallers:
+    calls: list[SyncCall]
+    client_objects: int
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """What to drive: the target, how many callers, the window, the server processes."""
+
+    target: str
     callers: int
-    duration_s: float  # the measured window as it was, not as asked
-    replies: int  # correct replies in the window
-    errors: int  # wrong replies and failed calls in the window
-    first_error: str
-    requests_per_s: float
-    p50_ms: float
-    p99_ms: float
-    server_cpu_us_per_reply: float
-    load_cpu_us_per_reply: float
-    server_cpu_percent: float  # of one core, over the window
-    load_cpu_percent: float
+    duration_s: float
+    warmup_s: float
+    server_pids: Sequence[int] = ()
 
 
-class Recorder:
-    """The measured window: what arrived in it, and both sides' CPU at its two ends."""
+AsyncOpener = Callable[[str, Requests], contextlib.AbstractAsyncContextManager[Callers]]
+SyncOpener = Callable[[str, Requests], contextlib.AbstractContextManager[SyncCallers]]
 
-    def __init__(self, server_pids: Sequence[int]) -> None:
-        self.server_pids = server_pids
-        self.start = self.end = math.inf
-        self.stopped = False
-        self.latencies: list[float] = []
-        self.errors = 0
-        self.first_error = ""
-        self._cpu = (0.0, 0.0)
-        self._cpu_used = (0.0, 0.0)
 
-    def _cpu_now(self) -> tuple[float, float]:
-        return time.process_time(), process_cpu_s(self.server_pids)
+@dataclass(frozen=True, slots=True)
+class Driver:
+    """How a system's callers run: on an asyncio loop (``open_async``), or on gevent's loop
+    or threads (``open_sync``)."""
 
-    def open(self) -> None:
-        self._cpu = self._cpu_now()
-        self.start = time.perf_counter()
-
-    def close(self) -> None:
-        self.end = time.perf_counter()
-        load, server = self._cpu_now()
-        self._cpu_used = (load - self._cpu[0], server - self._cpu[1])
-        self.stopped = True
-
-    def record(self, sent: float, received: float, correct: bool) -> None:
-        if self.start <= received < self.end:
-            if correct:
-                self.latencies.append(received - sent)
-            else:
-                self.error("wrong reply")
-
-    def error(self, text: str) -> None:
-        self.errors += 1
-        if not self.first_error:
-            self.first_error = text
-
-    def result(self, system: str, callers: int) -> LoadResult:
-        duration = self.end - self.start if math.isfinite(self.end - self.start) else 0.0
-        replies = len(self.latencies)
-        ordered = sorted(self.latencies)  # percentile sorts again: linear on sorted values
-        load_cpu, server_cpu = self._cpu_used
-        per_reply = 1e6 / replies if replies else 0.0
-        share = 100 / duration if duration > 0 else 0.0
-        return LoadResult(
-            system=system,
-            callers=callers,
-            duration_s=duration,
-            replies=replies,
-            errors=self.errors,
-            first_error=self.first_error,
-            requests_per_s=replies / duration if duration > 0 else 0.0,
-            p50_ms=1000 * percentile(ordered, 0.50),
-            p99_ms=1000 * percentile(ordered, 0.99),
-            server_cpu_us_per_reply=server_cpu * per_reply,
-            load_cpu_us_per_reply=load_cpu * per_reply,
-            server_cpu_percent=server_cpu * share,
-            load_cpu_percent=load_cpu * share,
-        )
+    runs_on: str  # ASYNCIO (the loop --loop names), GEVENT or THREADS
+    open_async: AsyncOpener | None = None
+    open_sync: SyncOpener | None = None
 
 
 def requests_for(callers: int) -> list[list[bytes]]:
@@ -151,12 +123,18 @@ def _status(fields: Sequence[Any] | None) -> bytes:
     return fields[0]
 
 
-# --- asyncio callers: one factory per system, given each caller's request
-# fields, yields one Call per caller that returns the reply's status ---
+def _host_port(target: str) -> tuple[str, int]:
+    parts = urlsplit(target)
+    if parts.hostname is None or parts.port is None:
+        raise ValueError(f"not a tcp://host:port target: {target!r}")
+    return parts.hostname, parts.port
+
+
+# --- asyncio callers: one factory per system -------------------------------------
 
 
 @contextlib.asynccontextmanager
-async def project_client(target: str, requests: Requests) -> AsyncIterator[list[Call]]:
+async def project_client(target: str, requests: Requests) -> AsyncIterator[Callers]:
     import zmq.asyncio
 
     from reqrep.client import Client
@@ -172,7 +150,8 @@ async def project_client(target: str, requests: Requests) -> AsyncIterator[list[
         return call
 
     try:
-        yield [caller(client, frames) for client, frames in zip(clients, requests, strict=True)]
+        calls = [caller(client, frames) for client, frames in zip(clients, requests, strict=True)]
+        yield Callers(calls, len(clients))
     finally:
         for client in clients:
             client.close()
@@ -180,7 +159,7 @@ async def project_client(target: str, requests: Requests) -> AsyncIterator[list[
 
 
 @contextlib.asynccontextmanager
-async def bare_req(target: str, requests: Requests, echo: bool) -> AsyncIterator[list[Call]]:
+async def bare_req(target: str, requests: Requests, echo: bool) -> AsyncIterator[Callers]:
     import zmq
     import zmq.asyncio
 
@@ -203,15 +182,24 @@ async def bare_req(target: str, requests: Requests, echo: bool) -> AsyncIterator
         return call
 
     try:
-        yield [caller(sock, frames) for sock, frames in zip(sockets, requests, strict=True)]
+        calls = [caller(sock, frames) for sock, frames in zip(sockets, requests, strict=True)]
+        yield Callers(calls, len(sockets))
     finally:
         for sock in sockets:
             sock.close(linger=0)
         context.term()
 
 
+def project_req(target: str, requests: Requests) -> contextlib.AbstractAsyncContextManager[Callers]:
+    return bare_req(target, requests, echo=False)
+
+
+def ceiling_req(target: str, requests: Requests) -> contextlib.AbstractAsyncContextManager[Callers]:
+    return bare_req(target, requests, echo=True)
+
+
 @contextlib.asynccontextmanager
-async def grpc_callers(target: str, requests: Requests) -> AsyncIterator[list[Call]]:
+async def grpc_callers(target: str, requests: Requests) -> AsyncIterator[Callers]:
     import grpc  # type: ignore[import-untyped]
 
     channel = grpc.aio.insecure_channel(target)
@@ -226,13 +214,13 @@ async def grpc_callers(target: str, requests: Requests) -> AsyncIterator[list[Ca
         return call
 
     try:
-        yield [caller(encode_fields(fields)) for fields in requests]
+        yield Callers([caller(encode_fields(fields)) for fields in requests], 1)
     finally:
         await channel.close()
 
 
 @contextlib.asynccontextmanager
-async def pynng_callers(target: str, requests: Requests) -> AsyncIterator[list[Call]]:
+async def pynng_callers(target: str, requests: Requests) -> AsyncIterator[Callers]:
     import pynng  # type: ignore[import-untyped]
 
     with pynng.Req0(dial=target) as sock:
@@ -246,37 +234,38 @@ async def pynng_callers(target: str, requests: Requests) -> AsyncIterator[list[C
             return call
 
         try:
-            yield [
+            calls = [
                 caller(context, encode_fields(fields))
                 for context, fields in zip(contexts, requests, strict=True)
             ]
+            yield Callers(calls, 1)
         finally:
             for context in contexts:  # before the socket: a context outliving it complains
                 context.close()
 
 
 @contextlib.asynccontextmanager
-async def aiozmq_callers(target: str, requests: Requests) -> AsyncIterator[list[Call]]:
+async def aiozmq_callers(target: str, requests: Requests) -> AsyncIterator[Callers]:
     import aiozmq.rpc  # type: ignore[import-untyped]
 
-    clients = [await aiozmq.rpc.connect_rpc(connect=target) for _ in requests]
+    # One client: aiozmq.rpc matches each reply to its call by a request id.
+    client = await aiozmq.rpc.connect_rpc(connect=target)
 
-    def caller(client: Any, fields: list[bytes]) -> Call:
+    def caller(fields: list[bytes]) -> Call:
         async def call() -> bytes:
             return _status(await client.call.request(*fields))
 
         return call
 
     try:
-        yield [caller(client, fields) for client, fields in zip(clients, requests, strict=True)]
+        yield Callers([caller(fields) for fields in requests], 1)
     finally:
-        for client in clients:
-            client.close()
-            await client.wait_closed()
+        client.close()
+        await client.wait_closed()
 
 
 @contextlib.asynccontextmanager
-async def aiohttp_callers(target: str, requests: Requests) -> AsyncIterator[list[Call]]:
+async def aiohttp_callers(target: str, requests: Requests) -> AsyncIterator[Callers]:
     import aiohttp
 
     # Keep-alive: the pool holds one connection per caller and reuses it.
@@ -292,139 +281,235 @@ async def aiohttp_callers(target: str, requests: Requests) -> AsyncIterator[list
 
             return call
 
-        yield [caller(encode_fields(fields)) for fields in requests]
+        yield Callers([caller(encode_fields(fields)) for fields in requests], 1)
 
 
-def _callers(
-    system: str, target: str, requests: Requests
-) -> contextlib.AbstractAsyncContextManager[list[Call]]:
-    if system == "project-client":
-        return project_client(target, requests)
-    if system in ("project-req", "ceiling"):
-        return bare_req(target, requests, echo=system == "ceiling")
-    if system == "grpc":
-        return grpc_callers(target, requests)
-    if system == "pynng":
-        return pynng_callers(target, requests)
-    if system == "aiozmq":
-        return aiozmq_callers(target, requests)
-    if system == "aiohttp":
-        return aiohttp_callers(target, requests)
-    raise ValueError(f"not an asyncio system: {system!r}")
+@contextlib.asynccontextmanager
+async def zeroapi_callers(target: str, requests: Requests, tcp: bool) -> AsyncIterator[Callers]:
+    from zero import AsyncZeroClient  # type: ignore[import-untyped]
+    from zero.protocols.tcp import AsyncTCPClient  # type: ignore[import-untyped]
+
+    host, port = _host_port(target)
+    if tcp:
+        # Its TCP pool carries one request per connection at a time: one per caller.
+        client = AsyncZeroClient(host, port, protocol=AsyncTCPClient, pool_size=len(requests))
+    else:
+        client = AsyncZeroClient(host, port)
+    # zeroapi connects on the first call. Make it alone: callers racing to make the first
+    # call can lose a reply to its connect handshake, which takes whatever comes next.
+    await client.call(RPC_NAME, requests[0])
+
+    def caller(fields: list[bytes]) -> Call:
+        async def call() -> bytes:
+            return _status(await client.call(RPC_NAME, fields))
+
+        return call
+
+    try:
+        yield Callers([caller(fields) for fields in requests], 1)
+    finally:
+        client.close()
+        # close() schedules the TCP pool's closing as a task of its own: let it finish.
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        if others:
+            await asyncio.wait(others, timeout=FINISH_TIMEOUT_S)
 
 
-async def drive_async(
-    system: str,
-    target: str,
-    callers: int,
-    duration_s: float,
-    warmup_s: float,
-    server_pids: Sequence[int],
-) -> LoadResult:
-    recorder = Recorder(server_pids)
+def zeroapi_zmq(target: str, requests: Requests) -> contextlib.AbstractAsyncContextManager[Callers]:
+    return zeroapi_callers(target, requests, tcp=False)
+
+
+def zeroapi_tcp(target: str, requests: Requests) -> contextlib.AbstractAsyncContextManager[Callers]:
+    return zeroapi_callers(target, requests, tcp=True)
+
+
+async def drive_async(open_callers: AsyncOpener, loop: str, load: Load) -> LoadResult:
     clock = time.perf_counter
-    requests = requests_for(callers)
+    async with open_callers(load.target, requests_for(load.callers)) as made:
+        recorder = Recorder(load.server_pids, load.callers, made.client_objects, loop)
 
-    async def loop(call: Call) -> None:
-        while not recorder.stopped:
-            sent = clock()
-            try:
-                status = await call()
-            except Exception as error:
-                recorder.error(f"{type(error).__name__}: {error}")
-                return
-            recorder.record(sent, clock(), status == SERVER_RESPONSE)
+        async def run(call: Call) -> None:
+            while not recorder.stopped:
+                sent = clock()
+                try:
+                    status = await call()
+                except Exception as error:
+                    recorder.failed(error)
+                    break
+                recorder.record(sent, clock(), status == SERVER_RESPONSE)
 
-    async with _callers(system, target, requests) as calls:
-        tasks = [asyncio.create_task(loop(call)) for call in calls]
-        await asyncio.sleep(warmup_s)
+        tasks = [asyncio.create_task(run(call)) for call in made.calls]
+        await asyncio.sleep(load.warmup_s)
         recorder.open()
-        await asyncio.sleep(duration_s)
+        await asyncio.sleep(load.duration_s)
         recorder.close()
         _, pending = await asyncio.wait(tasks, timeout=FINISH_TIMEOUT_S)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-    return recorder.result(system, callers)
+    return recorder.result()
 
 
-async def probe_async(system: str, target: str, requests: Requests) -> list[str]:
+async def probe_async(open_callers: AsyncOpener, target: str, requests: Requests) -> list[bytes]:
     """One request per caller, at once; each reply's status."""
-    async with _callers(system, target, requests) as calls:
-        statuses = await asyncio.gather(*(call() for call in calls))
-    return [status.decode(errors="replace") for status in statuses]
+    async with open_callers(target, requests) as made:
+        return list(await asyncio.gather(*(call() for call in made.calls)))
 
 
-# --- zerorpc: gevent, not asyncio; a greenlet per caller in gevent's own loop ---
+def run_on(loop: str, coroutine: Awaitable[Any]) -> Any:
+    """Run ``coroutine`` to its end on a new event loop of the kind ``loop`` names."""
+
+    async def main() -> Any:
+        return await coroutine
+
+    if loop == UVLOOP:
+        import uvloop
+
+        return uvloop.run(main())
+    return asyncio.run(main())
 
 
-def drive_zerorpc(
-    target: str, callers: int, duration_s: float, warmup_s: float, server_pids: Sequence[int]
-) -> LoadResult:
-    import gevent  # type: ignore[import-untyped]
+# --- callers on gevent's loop (zerorpc) or on threads (zeroapi's sync client) ------
+
+
+@contextlib.contextmanager
+def zerorpc_callers(target: str, requests: Requests) -> Iterator[SyncCallers]:
     import zerorpc  # type: ignore[import-untyped]
 
-    recorder = Recorder(server_pids)
-    clock = time.perf_counter
-    clients = [zerorpc.Client(connect_to=target) for _ in range(callers)]
+    # One client: each call is a zerorpc channel of its own on the client's one socket.
+    client = zerorpc.Client(connect_to=target)
 
-    def loop(client: Any, fields: list[bytes]) -> None:
-        while not recorder.stopped:
-            sent = clock()
-            try:
-                status = _status(client.request(*fields))
-            except Exception as error:
-                recorder.error(f"{type(error).__name__}: {error}")
-                return
-            recorder.record(sent, clock(), status == SERVER_RESPONSE)
+    def caller(fields: list[bytes]) -> SyncCall:
+        return lambda: _status(client.request(*fields))
 
     try:
-        greenlets = [
-            gevent.spawn(loop, client, fields)
-            for client, fields in zip(clients, requests_for(callers), strict=True)
-        ]
-        gevent.sleep(warmup_s)
+        yield SyncCallers([caller(fields) for fields in requests], 1)
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def zeroapi_sync_callers(target: str, requests: Requests) -> Iterator[SyncCallers]:
+    from zero import ZeroClient
+
+    # One client; zeroapi gives each calling thread a DEALER socket of its own.
+    client = ZeroClient(*_host_port(target))
+
+    def caller(fields: list[bytes]) -> SyncCall:
+        return lambda: _status(client.call(RPC_NAME, fields))
+
+    try:
+        yield SyncCallers([caller(fields) for fields in requests], 1)
+    finally:
+        client.close()
+
+
+class _Spawner:
+    """Runs functions concurrently, as greenlets (gevent) or threads; joins them."""
+
+    def __init__(self, runs_on: str) -> None:
+        self.gevent = runs_on == GEVENT
+        self.running: list[Any] = []
+
+    def spawn(self, function: Callable[[], Any]) -> None:
+        if self.gevent:
+            import gevent  # type: ignore[import-untyped]
+
+            self.running.append(gevent.spawn(function))
+        else:
+            thread = threading.Thread(target=function, daemon=True)
+            thread.start()
+            self.running.append(thread)
+
+    def sleep(self, seconds: float) -> None:
+        if self.gevent:
+            import gevent
+
+            gevent.sleep(seconds)
+        else:
+            time.sleep(seconds)
+
+    def join(self, timeout_s: float) -> None:
+        """Wait for them all, at most ``timeout_s``; greenlets still running are killed."""
+        if self.gevent:
+            import gevent
+
+            gevent.joinall(self.running, timeout=timeout_s)
+            gevent.killall(self.running)
+            return
+        deadline = time.monotonic() + timeout_s
+        for thread in self.running:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def drive_sync(runs_on: str, open_callers: SyncOpener, load: Load) -> LoadResult:
+    spawner = _Spawner(runs_on)
+    with open_callers(load.target, requests_for(load.callers)) as made:
+        recorder = Recorder(load.server_pids, load.callers, made.client_objects, runs_on)
+
+        def run(call: SyncCall) -> None:
+            while not recorder.stopped:
+                sent = time.perf_counter()
+                try:
+                    status = call()
+                except Exception as error:
+                    recorder.failed(error)
+                    break
+                recorder.record(sent, time.perf_counter(), status == SERVER_RESPONSE)
+
+        for call in made.calls:
+            spawner.spawn(functools.partial(run, call))
+        spawner.sleep(load.warmup_s)
         recorder.open()
-        gevent.sleep(duration_s)
+        spawner.sleep(load.duration_s)
         recorder.close()
-        gevent.joinall(greenlets, timeout=FINISH_TIMEOUT_S)
-        gevent.killall(greenlets)
-    finally:
-        for client in clients:
-            client.close()
-    return recorder.result("zerorpc", callers)
+        spawner.join(FINISH_TIMEOUT_S)
+    return recorder.result()
 
 
-def probe_zerorpc(target: str, requests: Requests) -> list[str]:
-    import gevent
-    import zerorpc
+def probe_sync(
+    runs_on: str, open_callers: SyncOpener, target: str, requests: Requests
+) -> list[bytes]:
+    spawner = _Spawner(runs_on)
+    statuses = [b""] * len(requests)
 
-    clients = [zerorpc.Client(connect_to=target) for _ in requests]
-    try:
-        greenlets = [
-            gevent.spawn(client.request, *fields)
-            for client, fields in zip(clients, requests, strict=True)
-        ]
-        gevent.joinall(greenlets, timeout=FINISH_TIMEOUT_S, raise_error=True)
-        return [_status(greenlet.value).decode(errors="replace") for greenlet in greenlets]
-    finally:
-        for client in clients:
-            client.close()
+    def one(index: int, call: SyncCall) -> None:
+        statuses[index] = call()
+
+    with open_callers(target, requests) as made:
+        for index, call in enumerate(made.calls):
+            spawner.spawn(functools.partial(one, index, call))
+        spawner.join(FINISH_TIMEOUT_S)
+    return statuses
 
 
-def run_load(
-    system: str,
-    target: str,
-    callers: int,
-    duration_s: float,
-    warmup_s: float,
-    server_pids: Sequence[int] = (),
-) -> LoadResult:
-    if callers < 1:
+# --- the systems ---------------------------------------------------------------------
+
+DRIVERS: Final[dict[str, Driver]] = {
+    "project-client": Driver(ASYNCIO, open_async=project_client),
+    "project-req": Driver(ASYNCIO, open_async=project_req),
+    "ceiling": Driver(ASYNCIO, open_async=ceiling_req),
+    "grpc": Driver(ASYNCIO, open_async=grpc_callers),
+    "pynng": Driver(ASYNCIO, open_async=pynng_callers),
+    "zerorpc": Driver(GEVENT, open_sync=zerorpc_callers),
+    "aiozmq": Driver(ASYNCIO, open_async=aiozmq_callers),
+    "aiohttp": Driver(ASYNCIO, open_async=aiohttp_callers),
+    "zeroapi": Driver(ASYNCIO, open_async=zeroapi_zmq),
+    "zeroapi-sync": Driver(THREADS, open_sync=zeroapi_sync_callers),
+    "zeroapi-tcp": Driver(ASYNCIO, open_async=zeroapi_tcp),
+}
+
+
+def run_load(system: str, load: Load, loop: str = ASYNCIO) -> LoadResult:
+    if load.callers < 1:
         raise ValueError("at least one caller is needed")
-    if system == "zerorpc":
-        return drive_zerorpc(target, callers, duration_s, warmup_s, server_pids)
-    return asyncio.run(drive_async(system, target, callers, duration_s, warmup_s, server_pids))
+    driver = DRIVERS[system]
+    if driver.open_async is not None:
+        result: LoadResult = run_on(loop, drive_async(driver.open_async, loop, load))
+        return result
+    if driver.open_sync is None:
+        raise ValueError(f"{system}: a driver without callers")
+    return drive_sync(driver.runs_on, driver.open_sync, load)
 
 
 PROBE_REQUESTS: Final = (
@@ -434,17 +519,22 @@ PROBE_REQUESTS: Final = (
 )
 
 
-def probe(system: str, target: str) -> list[str]:
+def probe(system: str, target: str, loop: str = ASYNCIO) -> list[str]:
     """The status each system answers ``PROBE_REQUESTS`` with, through its own client."""
     requests = [list(fields) for fields in PROBE_REQUESTS]
-    if system == "zerorpc":
-        return probe_zerorpc(target, requests)
-    return asyncio.run(probe_async(system, target, requests))
+    driver = DRIVERS[system]
+    if driver.open_async is not None:
+        statuses: list[bytes] = run_on(loop, probe_async(driver.open_async, target, requests))
+    elif driver.open_sync is not None:
+        statuses = probe_sync(driver.runs_on, driver.open_sync, target, requests)
+    else:
+        raise ValueError(f"{system}: a driver without callers")
+    return [status.decode(errors="replace") for status in statuses]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Closed-loop callers of one system (bench.peers).")
-    parser.add_argument("system", choices=SYSTEMS)
+    parser.add_argument("system", choices=list(DRIVERS))
     parser.add_argument(
         "--target", required=True, help="the server's address, as its client takes it"
     )
@@ -456,7 +546,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=cli.int_at_least(1),
         action="append",
         default=[],
-        help="a server process, for its CPU time (repeatable)",
+        help="a server process, for its CPU time, children included (repeatable)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default=ASYNCIO,
+        help="the event loop of an asyncio system's callers (uvloop: requirements-bench.txt)",
     )
     parser.add_argument(
         "--probe",
@@ -465,12 +561,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         "empty address) and print the statuses answered, as JSON",
     )
     args = parser.parse_args(argv)
+    check_loop(parser, args.loop, [args.system])
+    return args
+
+
+def check_loop(parser: argparse.ArgumentParser, loop: str, systems: Sequence[str]) -> None:
+    """A usage error if ``--loop uvloop`` would be ignored, or uvloop is not installed."""
+    if loop != UVLOOP:
+        return
+    if not any(DRIVERS[system].runs_on == ASYNCIO for system in systems):
+        parser.error(f"--loop {UVLOOP}: none of {', '.join(systems)} runs on asyncio")
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        parser.error(f"--loop {UVLOOP}: uvloop is not installed (requirements-bench.txt)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.probe:
-        print(json.dumps(probe(args.system, args.target)), flush=True)
+        print(json.dumps(probe(args.system, args.target, args.loop)), flush=True)
         return 0
-    result = run_load(
-        args.system, args.target, args.callers, args.duration_s, args.warmup_s, args.server_pid
-    )
+    load = Load(args.target, args.callers, args.duration_s, args.warmup_s, args.server_pid)
+    result = run_load(args.system, load, args.loop)
     print(json.dumps(asdict(result)), flush=True)
     return 0
 

@@ -17,6 +17,13 @@ carry them:
     aiozmq    aiozmq.rpc.serve_rpc with the same method, msgpack as aiozmq.rpc does
     aiohttp   aiohttp.web, ``POST /request``, the wire format below as the body;
               an invalid request is answered 400 with the same reply body
+    zeroapi   zeroapi's ZeroServer in its ZeroMQ mode (a ROUTER/DEALER proxy in the
+              main process, ``--workers`` worker processes), an RPC ``request(fields)``
+              taking and returning the fields as a list of bytes (msgspec, as zeroapi
+              does); ``--workers`` defaults to zeroapi's own default, one per CPU
+    zeroapi-tcp  the same ZeroServer in its TCP mode (asyncio streams, each worker
+              process listening on the port with SO_REUSEPORT; the workers run on
+              uvloop, installed: zeroapi picks it up by itself)
 
 The wire format for the byte-stream peers: each field as a 4-byte big-endian
 length and its bytes (``encode_fields``). The project's server and the echo
@@ -31,8 +38,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import struct
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -41,7 +50,8 @@ from reqrep import cli, protocol
 REPLICA: Final = b"peer"
 GRPC_METHOD: Final = "/bench.Peer/Request"
 HTTP_PATH: Final = "/request"
-SYSTEMS: Final = ("grpc", "pynng", "zerorpc", "aiozmq", "aiohttp")
+SYSTEMS: Final = ("grpc", "pynng", "zerorpc", "aiozmq", "aiohttp", "zeroapi", "zeroapi-tcp")
+ZEROAPI_SYSTEMS: Final = ("zeroapi", "zeroapi-tcp")
 DEFAULT_CONTEXTS: Final = 128
 
 _LENGTH = struct.Struct(">I")
@@ -170,7 +180,32 @@ def serve_aiohttp(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
-def serve(system: str, port: int, contexts: int = DEFAULT_CONTEXTS) -> None:
+def request(fields: list[bytes]) -> list[bytes]:
+    """zeroapi's RPC function: one argument, type-hinted, as zeroapi requires; at module level
+    because its worker processes are handed it by name."""
+    return answer(fields)[0]
+
+
+def serve_zeroapi(port: int, tcp: bool, workers: int | None) -> None:
+    from zero import ZeroServer  # type: ignore[import-untyped]
+    from zero.protocols.tcp import TCPServer  # type: ignore[import-untyped]
+    from zero.protocols.zeromq import ZMQServer  # type: ignore[import-untyped]
+
+    app = ZeroServer(host="127.0.0.1", port=port, protocol=TCPServer if tcp else ZMQServer)
+    app.register_rpc(request)
+    # The ZeroMQ mode's proxy makes its IPC socket file in the working directory.
+    with tempfile.TemporaryDirectory(prefix="bench-zeroapi-") as workdir:
+        os.chdir(workdir)
+        _ready("zeroapi-tcp" if tcp else "zeroapi", f"tcp://127.0.0.1:{port}")
+        if workers is None:
+            app.run()  # zeroapi's default: a worker per CPU
+        else:
+            app.run(workers)
+
+
+def serve(
+    system: str, port: int, contexts: int = DEFAULT_CONTEXTS, workers: int | None = None
+) -> None:
     if system == "grpc":
         asyncio.run(serve_grpc(port))
     elif system == "pynng":
@@ -181,6 +216,8 @@ def serve(system: str, port: int, contexts: int = DEFAULT_CONTEXTS) -> None:
         asyncio.run(serve_aiozmq(port))
     elif system == "aiohttp":
         serve_aiohttp(port)
+    elif system in ZEROAPI_SYSTEMS:
+        serve_zeroapi(port, system == "zeroapi-tcp", workers)
     else:
         raise ValueError(f"unknown system {system!r}")
 
@@ -195,8 +232,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_CONTEXTS,
         help="pynng: requests served at once (one nng context each)",
     )
+    parser.add_argument(
+        "--workers",
+        type=cli.int_at_least(1),
+        help="zeroapi: worker processes (default: zeroapi's own, one per CPU)",
+    )
     args = parser.parse_args(argv)
-    serve(args.system, args.port, args.contexts)
+    if args.workers is not None and args.system not in ZEROAPI_SYSTEMS:
+        parser.error(f"--workers is for {' and '.join(ZEROAPI_SYSTEMS)} only")
+    serve(args.system, args.port, args.contexts, args.workers)
     return 0
 
 

@@ -1,7 +1,9 @@
 """The processes a benchmark starts: a server until it listens, a measuring process's JSON.
 
 Both run from the project directory; anything that goes wrong is a
-``BenchError`` carrying the end of the process's output.
+``BenchError`` carrying the end of the process's output. How the project's
+server is started is ``reqrep.stack.server_command`` (``project_server_command``
+here, ``LocalStack`` for the stacks of several replicas and nginx).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shlex
 import signal
 import tempfile
@@ -16,6 +19,8 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from bench.machine import listening_sockets
+from reqrep import stack
 from reqrep.errors import StackError
 from reqrep.stack import STOP_TIMEOUT_S, terminate, wait_listening
 
@@ -24,6 +29,13 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 START_TIMEOUT_S = 10.0
 TAIL_CHARS = 800
+LISTENERS_POLL_S = 0.05
+
+
+def project_server_command(endpoint: str, name: str, extra: Sequence[str] = ()) -> list[str]:
+    """The command that starts one replica of the project's server bound to ``endpoint`` (as
+    ``reqrep.stack`` starts the local stack's replicas)."""
+    return stack.server_command("--bind", endpoint, "--name", name, *extra)
 
 
 class BenchError(RuntimeError):
@@ -36,10 +48,15 @@ async def server_process(
     port: int,
     start_timeout_s: float = START_TIMEOUT_S,
     stop_timeout_s: float = STOP_TIMEOUT_S,
+    listeners: int = 1,
 ) -> AsyncIterator[int]:
     """``command``'s process, once it accepts on 127.0.0.1:``port``: its pid.
 
-    Stopped when the block ends (SIGTERM; SIGKILL after ``stop_timeout_s``).
+    ``listeners``: how many sockets must listen on the port first (a server
+    whose worker processes each listen on it). The process leads a process
+    group of its own; when the block ends it gets SIGTERM (SIGKILL after
+    ``stop_timeout_s``), and then whatever is left of its group (worker
+    processes it started) SIGKILL.
     """
     with tempfile.TemporaryFile() as log:
         process = await asyncio.create_subprocess_exec(
@@ -48,18 +65,29 @@ async def server_process(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=log,
+            start_new_session=True,
         )
         try:
             try:
-                await asyncio.wait_for(wait_listening(port, process), start_timeout_s)
+                await asyncio.wait_for(_wait_serving(port, process, listeners), start_timeout_s)
             except (StackError, TimeoutError):
                 raise BenchError(
-                    f"{shlex.join(command)} exited or did not listen on port {port} within "
-                    f"{start_timeout_s:g} s: {_tail(log)}"
+                    f"{shlex.join(command)} exited or did not listen on port {port} "
+                    f"({listeners} socket(s)) within {start_timeout_s:g} s: {_tail(log)}"
                 ) from None
             yield process.pid
         finally:
             await terminate(process, signal.SIGTERM, stop_timeout_s)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+async def _wait_serving(port: int, process: asyncio.subprocess.Process, listeners: int) -> None:
+    await wait_listening(port, process)
+    while listening_sockets(port) < listeners:
+        if process.returncode is not None:
+            raise StackError(f"process {process.pid} exited with status {process.returncode}")
+        await asyncio.sleep(LISTENERS_POLL_S)  # polling /proc: there is no event to await
 
 
 def _tail(log: IO[bytes]) -> str:
@@ -79,11 +107,19 @@ async def run_json(command: Sequence[str], timeout_s: float) -> dict[str, Any]:
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout_s)
     except TimeoutError:
-        process.kill()
-        await process.wait()
+        await _kill(process)
         raise BenchError(f"did not finish within {timeout_s:g} s: {shlex.join(command)}") from None
+    except BaseException:  # cancelled (Ctrl-C): the measuring process does not outlive us
+        await _kill(process)
+        raise
     if process.returncode != 0:
         tail = err.decode(errors="replace")[-TAIL_CHARS:]
         raise BenchError(f"failed ({process.returncode}): {shlex.join(command)}: {tail}")
     fields: dict[str, Any] = json.loads(out)
     return fields
+
+
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    await process.wait()

@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Where the server's time goes: py-spy samples one replica under load.
 
-    .venv/bin/python -m bench.profile                  # ROUTER, 16 clients, 5 s
-    .venv/bin/python -m bench.profile --server-args "--work-ms 20" --clients 64
+    .venv/bin/python -m bench.profile                  # ROUTER, 16 callers, 5 s
+    .venv/bin/python -m bench.profile --server-args "--work-ms 20" --callers 64
+    .venv/bin/python -m bench.profile --out /tmp/server.folded   # keep the raw stacks
 
-Starts one server replica (``local_stack.LocalStack``), drives it with the
-load generator and records it with ``py-spy record`` (pinned in
-requirements-dev.txt; needs permission to ptrace, e.g. root) at the same time.
-Prints the functions with the most samples, on their own (self) and with what
-they call (inclusive), and keeps py-spy's raw folded stacks for a flame graph.
+Starts one server replica (``reqrep.stack.LocalStack``), drives it with the
+load generator (``bench.loadgen``) and records it with ``py-spy record`` (pinned
+in requirements-dev.txt; needs permission to ptrace, e.g. root) at the same
+time. Prints the functions with the most samples, on their own (self) and with
+what they call (inclusive). py-spy's raw folded stacks (for a flame graph) go
+to ``--out`` if given, else to a temporary file removed at the end: nothing is
+written in the working directory.
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ import asyncio
 import shlex
 import shutil
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.loadgen import EXPECT_SERVER
-from bench.run import run_loadgen
+from bench import harness
+from bench.harness import Started, Window
+from bench.loadgen import command as loadgen_command
+from bench.processes import run_json
+from bench.recorder import LoadResult
 from reqrep import cli
 from reqrep.stack import LocalStack
 
@@ -54,11 +61,11 @@ def summarize(folded: str, top: int) -> str:
     return "\n".join(lines)
 
 
-async def profile(args: argparse.Namespace, pyspy: str) -> str:
+async def profile(args: argparse.Namespace, pyspy: str, out: Path) -> str:
     async with LocalStack(1, server_args=shlex.split(args.server_args), nginx=False) as stack:
         replica = stack.replicas[0]
         command = [pyspy, "record", "--pid", str(replica.process.pid), "--format", "raw"]
-        command += ["--output", str(args.out), "--duration", str(int(args.duration_s))]
+        command += ["--output", str(out), "--duration", str(int(args.duration_s))]
         command += ["--rate", str(args.rate)]
         if args.native:
             command.append("--native")
@@ -68,17 +75,27 @@ async def profile(args: argparse.Namespace, pyspy: str) -> str:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
-        load = await run_loadgen(
-            [replica.endpoint], args.clients, args.duration_s, PYSPY_SETTLE_S, EXPECT_SERVER
-        )
+        load = await _load(replica.endpoint, replica.process.pid, args)
         _, err = await recorder.communicate()
         if recorder.returncode != 0:
             raise SystemExit(f"py-spy failed: {err.decode(errors='replace').strip()}")
     header = (
-        f"server {args.server_args or '(defaults)'}, {args.clients} clients: "
-        f"{load.requests_per_s:.0f} req/s, p50 {load.p50_ms:.3f} ms, p99 {load.p99_ms:.3f} ms"
+        f"server {args.server_args or '(defaults)'}, {args.callers} callers: "
+        f"{load.requests_per_s:.0f} req/s, p50 {load.p50_ms:.3f} ms, p99 {load.p99_ms:.3f} ms, "
+        f"server {load.server_cpu_us_per_reply:.1f} us/reply"
     )
-    return f"{header}\nraw stacks: {args.out}\n\n{summarize(args.out.read_text(), args.top)}"
+    kept = f"raw stacks: {out}" if args.out else "raw stacks: not kept (--out PATH keeps them)"
+    folded = await asyncio.to_thread(out.read_text)
+    return f"{header}\n{kept}\n\n{summarize(folded, args.top)}"
+
+
+async def _load(endpoint: str, pid: int, args: argparse.Namespace) -> LoadResult:
+    """The load generator against the replica while py-spy records it."""
+    started = Started([endpoint], [pid])
+    window = Window((args.callers,), args.duration_s, PYSPY_SETTLE_S, 1)
+    command = loadgen_command(started.endpoints)
+    command += harness.window_command(started, args.callers, window)
+    return LoadResult(**await run_json(command, args.duration_s + harness.LOAD_SLACK_S))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -87,7 +104,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--clients", type=cli.int_at_least(1), default=16, help="concurrent virtual clients"
+        "--callers", type=cli.int_at_least(1), default=16, help="concurrent callers"
     )
     parser.add_argument(
         "--duration-s", type=cli.float_at_least(1), default=5.0, help="seconds under load"
@@ -99,7 +116,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--native", action="store_true", help="include C frames (py-spy)")
     parser.add_argument("--top", type=cli.int_at_least(1), default=25, help="functions to list")
     parser.add_argument(
-        "--out", type=Path, default=Path("server-profile.txt"), help="py-spy raw output"
+        "--out",
+        type=Path,
+        help="keep py-spy's raw folded stacks in this file (default: a temporary file, removed)",
     )
     return parser.parse_args(argv)
 
@@ -110,7 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not Path(pyspy).exists():
         print("py-spy not found: pip install -r requirements-dev.txt", file=sys.stderr)
         return 1
-    print(asyncio.run(profile(args, pyspy)))
+    if args.out is not None:
+        print(asyncio.run(profile(args, pyspy, args.out)))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="bench-profile-") as workdir:
+        print(asyncio.run(profile(args, pyspy, Path(workdir) / "server-profile.txt")))
     return 0
 
 

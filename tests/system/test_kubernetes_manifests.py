@@ -256,16 +256,23 @@ def test_nginx_runs_the_configmaps_config(manifests: list[dict[str, Any]]) -> No
     assert any(pid.startswith(f"{path}/") for path in writable)
 
 
-def test_configmap_is_generated_from_the_files_themselves(
+def test_configmap_holds_every_file_nginx_includes_and_the_shared_settings_once(
     manifests: list[dict[str, Any]],
 ) -> None:
-    """nginx's own config and the shared settings, byte for byte; written nowhere else."""
+    """nginx reads the ConfigMap's files from one directory: every ``include`` names one of
+    them, each file is included, and the shared proxy settings are written only in theirs."""
     data = find(manifests, "ConfigMap", "zmq-nginx")["data"]
-    assert data == {
-        "nginx.conf": (DEPLOY_DIR / "kubernetes" / "nginx.conf").read_text(),
-        "zmq-proxy.conf": (DEPLOY_DIR / "nginx" / "zmq-proxy.conf").read_text(),
-        "zmq-limits.conf": (DEPLOY_DIR / "nginx" / "zmq-limits.conf").read_text(),
-    }
+    assert sorted(data) == ["nginx.conf", "zmq-limits.conf", "zmq-proxy.conf"]
+    included = [
+        statement.split()[1].rstrip(";")
+        for text in data.values()
+        for statement in nginx_statements(text)
+        if statement.startswith("include ")
+    ]
+    assert sorted(included) == ["zmq-limits.conf", "zmq-proxy.conf"]
+    shared = {s for s in nginx_statements(data["zmq-proxy.conf"]) if not s.startswith("include ")}
+    assert shared, "the shared settings are in zmq-proxy.conf"
+    assert not shared & set(nginx_statements(data["nginx.conf"])), "repeated in nginx.conf"
     # Its upstream is the headless Service's full name (nginx ignores the search list).
     service = find(manifests, "Service", "zmq-server")["metadata"]
     host = f"{service['name']}.{service['namespace']}.svc.{CLUSTER_DOMAIN}:{SERVER_PORT}"
