@@ -6,7 +6,7 @@ The answer is the hex digest after ``HASH_ROUNDS`` rounds (default 2000): round 
 hashes the data, each later round the previous round's 32-byte digest. The work
 holds Python's GIL (hashlib releases it only for inputs over 2 KiB, and these are
 32 bytes), so it scales with replicas, which are processes, and not with
-``--threads``, which share one GIL: docs/handlers.md#scaling.
+``--threads``, which share one GIL: docs/handlers.md#scale-it.
 """
 
 from __future__ import annotations
