@@ -1,13 +1,15 @@
 """``reqrep run-clients`` (``run_clients.py``): many clients at once, interleaved, a summary.
 
     python3 run_clients.py --local 3              # no Docker: 3 replicas (+ nginx) on loopback
+    python3 run_clients.py --local 3 --handler examples.handlers.echo:echo   # your handler on them
     python3 run_clients.py --clients 6            # against tcp://localhost:5555 (docker-compose up)
     python3 run_clients.py --docker --clients 4   # as `docker-compose run --rm client` containers
 
 Each client is a separate client process; the summary says, per client and in
 total, what was sent and answered, latency percentiles, the request rate and how
-many replies each replica gave. Exits 1 if any client failed. The work is done by
-``reqrep.runner``.
+many replies each replica gave. Exits 1 if any client failed, or if the local stack
+could not start (a replica's own error, e.g. a handler that cannot be loaded, says why).
+The work is done by ``reqrep.runner``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from reqrep import cli
+from reqrep.errors import StartError
 from reqrep.runner import RunPlan, format_summary, run
 
+Flags = list[argparse.Action]
 
-def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, list[argparse.Action]]:
+
+def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, Flags, Flags]:
+    """The parser, the flags passed on to every client, and those passed on to every local
+    replica."""
     parser = cli.parser(prog, "Run many client processes at once and summarize the results.")
     cli.add_setting(
         parser, RunPlan, "clients", "--clients", type=cli.int_at_least(1), help="clients at once"
@@ -31,12 +38,13 @@ def build_parser(prog: str | None = None) -> tuple[argparse.ArgumentParser, list
     client_flags = cli.add_client_flags(parser)
     cli.add_deprecated_retries(parser)
     add_mode_flags(parser)
+    server_flags = add_server_flags(parser)
     parser.add_argument(
         "--json",
         action="store_true",
         help="print only the summary, as JSON, on stdout (the clients' lines go to stderr)",
     )
-    return parser, client_flags
+    return parser, client_flags, server_flags
 
 
 def add_mode_flags(parser: argparse.ArgumentParser) -> None:
@@ -60,21 +68,60 @@ def add_mode_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --local: connect clients to every replica directly, even if nginx is installed",
     )
-    parser.add_argument(
-        "--work-ms",
-        type=cli.float_at_least(0),
-        help="with --local: simulated work per request on the servers",
-    )
+
+
+def add_server_flags(parser: argparse.ArgumentParser) -> Flags:
+    """With --local: what the replicas run, passed on to each as ``reqrep server`` flags.
+
+    Not given, a replica takes its own default, from its environment (``SERVER_HANDLER``,
+    ``SERVER_THREADS``, ...), which it inherits from this process.
+    """
+    return [
+        parser.add_argument(
+            "--work-ms",
+            type=cli.float_at_least(0),
+            help="with --local: simulated work per request on the servers (the built-in "
+            "Work handler)",
+        ),
+        parser.add_argument(
+            "--handler",
+            metavar="MODULE:ATTR",
+            help="with --local: the replicas' request handler, importable from the current "
+            "directory or PYTHONPATH (default: theirs, SERVER_HANDLER or the built-in one)",
+        ),
+        parser.add_argument(
+            "--threads",
+            type=cli.int_at_least(0),
+            metavar="N",
+            help="with --local: each replica runs its synchronous handler in a pool of N "
+            "threads (for handlers that block)",
+        ),
+    ]
+
+
+def check_server_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The replicas' flags: only with --local, and not two handlers at once."""
+    if not args.local:
+        only_local = {
+            "--no-nginx": args.no_nginx,
+            "--work-ms": args.work_ms is not None,
+            "--handler": args.handler is not None,
+            "--threads": args.threads is not None,
+        }
+        for flag, given in only_local.items():
+            if given:
+                parser.error(f"{flag} only applies with --local")
+    if args.work_ms and args.handler is not None:
+        parser.error("--work-ms is a shortcut for the built-in Work handler: give it or --handler")
+    if args.work_ms and args.threads:
+        parser.error("--threads is for synchronous handlers, and --work-ms's handler is async")
 
 
 def check_combinations(
     parser: argparse.ArgumentParser, args: argparse.Namespace, connect_given: bool
 ) -> None:
     """Flags that would be silently ignored together are a usage error instead."""
-    if not args.local:
-        for flag, given in (("--no-nginx", args.no_nginx), ("--work-ms", args.work_ms)):
-            if given:
-                parser.error(f"{flag} only applies with --local")
+    check_server_flags(parser, args)
     if connect_given and (args.local or args.docker):
         which = "--local starts its own servers" if args.local else "--docker clients use nginx"
         parser.error(
@@ -90,7 +137,7 @@ def check_combinations(
 def parse_args(
     argv: Sequence[str] | None = None, prog: str | None = None
 ) -> tuple[argparse.Namespace, RunPlan]:
-    parser, client_flags = build_parser(prog)
+    parser, client_flags, server_flags = build_parser(prog)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     connect_given = cli.given(argv, "--connect")
@@ -106,7 +153,7 @@ def parse_args(
         docker=args.docker,
         local_replicas=args.local or 0,
         local_nginx=False if args.no_nginx else None,
-        local_server_args=["--work-ms", str(args.work_ms)] if args.work_ms else [],
+        local_server_args=cli.forward(server_flags, args),
         out=sys.stderr if args.json else sys.stdout,
     )
     return args, plan
@@ -119,6 +166,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted; everything started was stopped.", file=sys.stderr)
         return 130
+    except StartError as error:  # the local stack: a replica (or nginx) did not start
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(summary.to_json(), indent=2), flush=True)
     else:

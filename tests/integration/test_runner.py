@@ -1,4 +1,5 @@
-"""run_clients.py: interleaved output, the summary, --local and clean shutdown."""
+"""run_clients.py: interleaved output, the summary, --local (with a handler of the user's) and
+clean shutdown."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from reqrep.server import HANDLER_THREAD_PREFIX
 from reqrep.stack import free_port
 from tests.support import PROJECT_DIR, needs_nginx, run_script
 
@@ -19,8 +21,8 @@ TIMEOUT_S = 60.0
 PREFIXED = re.compile(r"^client_\d+ +\| (Sending request: \d+|Received response: .+)$")
 
 
-async def run_clients(*args: str) -> tuple[int, str, str]:
-    done = await run_script("run_clients.py", *args, timeout_s=TIMEOUT_S)
+async def run_clients(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    done = await run_script("run_clients.py", *args, timeout_s=TIMEOUT_S, env=env)
     return done.status, done.stdout, done.stderr
 
 
@@ -72,6 +74,50 @@ async def test_unreachable_server_fails_clearly_with_nonzero_exit() -> None:
     assert "Result: FAILED" in stdout
     assert "did not answer request 0 after 2 tries" in stdout
     assert re.search(r"^total\s+2\s+0\s+0\s+2\s", stdout, re.MULTILINE)
+
+
+# A handler module outside the project: it notes, per replica, the thread each request ran in.
+RECORDER = """
+import os
+import threading
+from pathlib import Path
+
+
+def record(request):
+    with open(Path(os.environ["RECORD_DIR"], request.replica), "a") as seen:
+        seen.write(threading.current_thread().name + "\\n")
+    return request.data
+"""
+
+
+async def test_local_replicas_run_the_handler_given_in_their_threads(tmp_path: Path) -> None:
+    (tmp_path / "recorder.py").write_text(RECORDER)
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "RECORD_DIR": str(seen)}
+    args = ["--local", "2", "--no-nginx", "--clients", "2", "--requests", "5"]
+    status, stdout, stderr = await run_clients(
+        *args, "--handler", "recorder:record", "--threads", "2", "--json", env=env
+    )
+    assert status == 0, stderr
+    total = json.loads(stdout)["total"]
+    assert (total["sent"], total["server_response"], total["invalid_message"]) == (10, 8, 2)
+    threads = {replica.name: replica.read_text().split() for replica in seen.iterdir()}
+    assert sorted(threads) == ["replica-1", "replica-2"]
+    # Every well-formed request went to the handler (at least once: a client may resend one),
+    # in the replica's pool of threads.
+    ran_in = [thread for names in threads.values() for thread in names]
+    assert len(ran_in) >= 8
+    assert all(thread.startswith(HANDLER_THREAD_PREFIX) for thread in ran_in), threads
+
+
+async def test_a_handler_the_replicas_cannot_load_ends_the_run_with_their_reason() -> None:
+    status, stdout, stderr = await run_clients("--local", "2", "--handler", "nosuch:handle")
+    assert status == 1
+    assert stdout == ""
+    (line,) = stderr.splitlines()  # one line, no traceback
+    assert line.startswith("error: replica-")
+    assert line.endswith("handler module 'nosuch' not found")
 
 
 def _children(pid: int) -> set[int]:

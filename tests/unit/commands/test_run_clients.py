@@ -1,5 +1,6 @@
 """reqrep.commands.run_clients (run_clients.py): flags that would be ignored together, and
-malformed endpoints, are usage errors; the client flags reach every client."""
+malformed endpoints, are usage errors; the client flags reach every client, the server flags
+(--handler, --threads, --work-ms) every local replica."""
 
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ from tests.support import PROJECT_DIR, run_entry_point
     [
         (["--no-nginx"], "--no-nginx only applies with --local"),
         (["--work-ms", "5"], "--work-ms only applies with --local"),
+        (["--work-ms", "0"], "--work-ms only applies with --local"),
+        (["--handler", "mod:echo"], "--handler only applies with --local"),
+        (["--threads", "4"], "--threads only applies with --local"),
+        (["--docker", "--handler", "mod:echo"], "--handler only applies with --local"),
+        (["--local", "2", "--work-ms", "5", "--handler", "mod:echo"], "give it or --handler"),
+        (["--local", "2", "--work-ms", "5", "--threads", "2"], "--work-ms's handler is async"),
+        (["--local", "2", "--threads", "-1"], "must be at least 0"),
         (["--docker", "--connect", "tcp://a:1"], "--connect cannot be combined with --docker"),
         (["--local", "2", "--connect", "tcp://a:1"], "--connect cannot be combined with --local"),
         (["--local", "2", "--docker"], "not allowed with argument"),
@@ -61,3 +69,13 @@ def test_a_bad_value_from_the_environment_is_a_usage_error() -> None:
     result = run_entry_point("run_clients.py", env={"RUN_CLIENTS": "none"})
     assert result.returncode == 2
     assert "'none'" in result.stderr
+
+
+def test_server_flags_reach_every_replica_and_only_when_given() -> None:
+    _, plan = run_clients.parse_args(["--local", "3", "--handler", "mod:echo", "--threads", "4"])
+    assert list(plan.local_server_args) == ["--handler", "mod:echo", "--threads", "4"]
+    _, plan = run_clients.parse_args(["--local", "2", "--work-ms", "5"])
+    assert list(plan.local_server_args) == ["--work-ms", "5.0"]
+    # Not given: each replica takes its own default (SERVER_HANDLER, ...) from the environment.
+    _, plan = run_clients.parse_args(["--local", "2"])
+    assert list(plan.local_server_args) == []

@@ -1,0 +1,1 @@
+"""Examples: clients in other languages (node/, c/) and request handlers (handlers/)."""
