@@ -10,6 +10,7 @@ allows several requests in flight, else one each (``DRIVERS``):
 
     project-client  the project's async ``Client`` (Lazy Pirate), one per caller: a REQ
                     socket has one request in flight
+    project-channel the project's multiplexing ``Channel`` (DEALER, ids), one, shared
     project-req     a bare pyzmq asyncio REQ socket per caller (same reason), same server
     ceiling         the same bare REQ socket per caller, against the sync REP echo
     grpc            one grpc.aio channel (HTTP/2), shared
@@ -156,6 +157,21 @@ async def project_client(target: str, requests: Requests) -> AsyncIterator[Calle
         for client in clients:
             client.close()
         context.term()
+
+
+@contextlib.asynccontextmanager
+async def project_channel(target: str, requests: Requests) -> AsyncIterator[Callers]:
+    from reqrep.channel import Channel, ChannelConfig
+
+    async with Channel(ChannelConfig(endpoints=(target,))) as channel:
+
+        def caller(frames: list[bytes]) -> Call:
+            async def call() -> bytes:
+                return (await channel.request(frames)).status.encode()
+
+            return call
+
+        yield Callers([caller(frames) for frames in requests], 1)
 
 
 @contextlib.asynccontextmanager
@@ -487,6 +503,7 @@ def probe_sync(
 
 DRIVERS: Final[dict[str, Driver]] = {
     "project-client": Driver(ASYNCIO, open_async=project_client),
+    "project-channel": Driver(ASYNCIO, open_async=project_channel),
     "project-req": Driver(ASYNCIO, open_async=project_req),
     "ceiling": Driver(ASYNCIO, open_async=ceiling_req),
     "grpc": Driver(ASYNCIO, open_async=grpc_callers),

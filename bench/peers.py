@@ -13,6 +13,7 @@ a fresh one per measurement), using the system's own client as its users would:
 one client object shared by all callers where the client allows it (``client``
 column: "shared"). Systems (``SYSTEMS``):
 
+    project-channel  this project's server driven by its multiplexing Channel (one, shared)
     project-client   this project's server (server.py) driven by its own async Client
     project-req      the same server driven by bare pyzmq asyncio REQ sockets
     ceiling          a synchronous pyzmq REP echo (bench/ceiling.py), bare REQ callers
@@ -96,6 +97,7 @@ class System:
 
 
 SYSTEMS: Final = (
+    System("project-channel", "project server, its Channel", PROJECT, "project-channel"),
     System("project-client", "project server, its Client", PROJECT, "project-client"),
     System("project-req", "project server, bare REQ", PROJECT, "project-req"),
     System("ceiling", "sync REP echo, bare REQ", CEILING, "ceiling"),

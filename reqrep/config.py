@@ -44,10 +44,13 @@ class ServerConfig:
     # The request handler, as ``package.module:attr`` (``reqrep.handlers``); the
     # default answers ``Server response`` with an empty body, as the seed did.
     handler: str = setting(handlers.DEFAULT, env="SERVER_HANDLER")
+    # Where a handler given as module:attr is looked for first (put on sys.path), as
+    # uvicorn's --app-dir: the working directory, whatever script started the server.
+    app_dir: str = setting(".", env="SERVER_APP_DIR")
     # A synchronous handler runs in the event loop (0) or in a pool of this many threads.
     threads: int = setting(0, env="SERVER_THREADS")
     # A request whose handler has not finished by then is answered ``Server timeout``.
-    handler_timeout_ms: float = setting(30_000.0, env="SERVER_HANDLER_TIMEOUT_MS")
+    handler_timeout_ms: int = setting(30_000, env="SERVER_HANDLER_TIMEOUT_MS")
     socket_type: str = setting("router", env="SERVER_SOCKET")  # "router": many at once; "rep"
     max_inflight: int = setting(1000, env="SERVER_MAX_INFLIGHT")
     # A shortcut for the built-in handler that waits this long (reqrep.handlers.Work).

@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, TypeAlias
@@ -106,13 +108,18 @@ def describe(handler: object) -> str:
     return repr(handler)
 
 
-def load(spec: str) -> Prepared:
-    """Import ``package.module:attr`` (``attr`` may be dotted) and prepare it.
+def load(spec: str, app_dir: str | None = None) -> Prepared:
+    """Import ``package.module:attr`` (``attr`` may be dotted) and prepare it; ``app_dir``
+    is put first on ``sys.path`` to look for it in (uvicorn's ``--app-dir``).
 
     Raises ``HandlerLoadError`` naming what is wrong: the form, the module (when it,
     not something it imports, is missing), the attribute, or that it is not callable.
     Any other exception while importing the module is the module's own and propagates.
     """
+    if app_dir is not None:
+        path = os.path.abspath(app_dir)
+        if path not in sys.path:
+            sys.path.insert(0, path)
     module_name, _, attrs = spec.partition(":")
     if not module_name or not attrs or ":" in attrs:
         raise HandlerLoadError(f"handler {spec!r} is not of the form module:attr")

@@ -78,6 +78,8 @@ class Stats:
     sent: int
     server_response: int
     invalid_message: int
+    server_error: int
+    server_timeout: int
     failed: int
     retried: int
     latency_ms: dict[str, float]
@@ -93,6 +95,8 @@ class Stats:
             sent=sent,
             server_response=statuses[protocol.SERVER_RESPONSE_TEXT],
             invalid_message=statuses[protocol.INVALID_MESSAGE_TEXT],
+            server_error=statuses[protocol.SERVER_ERROR_TEXT],
+            server_timeout=statuses[protocol.SERVER_TIMEOUT_TEXT],
             failed=sent - len(results),
             retried=sum(r.tries > 1 for r in results),
             latency_ms={name: round(percentile(latencies, f), 3) for name, f in PERCENTILES},
@@ -125,7 +129,7 @@ class Summary:
         reports = [o.report for o in outcomes]
         total = Stats.of(reports)
         replicas = Counter(r.replica for report in reports for r in report.results)
-        answered = total.server_response + total.invalid_message
+        answered = total.sent - total.failed  # a reply of any status is an answer
         return cls(
             clients=[
                 {

@@ -144,18 +144,35 @@ async def run(plan: RunPlan) -> Summary:
     return Summary.of(outcomes, elapsed_s)
 
 
+# The summary's count columns: the seed's two statuses always; the server's failures only
+# when some reply had one, so a run with the default handler looks as it always did.
+STATUS_COLUMNS = (
+    ("Server response", "server_response"),
+    ("Invalid message", "invalid_message"),
+    ("Server error", "server_error"),
+    ("Server timeout", "server_timeout"),
+)
+
+
 def format_summary(summary: Summary) -> str:
     """The summary as the table run_clients.py prints."""
+    columns = [
+        (title, key)
+        for title, key in STATUS_COLUMNS
+        if key in ("server_response", "invalid_message") or getattr(summary.total, key)
+    ]
     header = (
-        f"{'client':<12}{'sent':>6}{'Server response':>17}{'Invalid message':>17}"
-        f"{'failed':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+        f"{'client':<12}{'sent':>6}"
+        + "".join(f"{title:>17}" for title, _ in columns)
+        + f"{'failed':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
     )
 
     def row(name: str, stats: dict[str, Any]) -> str:
         lat = stats["latency_ms"]
         return (
-            f"{name:<12}{stats['sent']:>6}{stats['server_response']:>17}"
-            f"{stats['invalid_message']:>17}{stats['failed']:>8}"
+            f"{name:<12}{stats['sent']:>6}"
+            + "".join(f"{stats[key]:>17}" for _, key in columns)
+            + f"{stats['failed']:>8}"
             f"{lat['p50']:>9.2f}{lat['p95']:>9.2f}{lat['p99']:>9.2f}"
         )
 

@@ -280,11 +280,11 @@ def resolve_handler(handler: Handler | Prepared | str | None, config: ServerConf
             raise ConfigError("work_ms is a shortcut for the built-in Work handler: not both")
         prepared = handlers.prepare(handlers.Work(config.work_ms), f"work_ms={config.work_ms:g}")
     elif handler is None:
-        prepared = handlers.load(config.handler)
+        prepared = handlers.load(config.handler, config.app_dir)
     elif named:
         raise ConfigError(f"two handlers given: {handler!r} and config.handler {config.handler!r}")
     elif isinstance(handler, str):
-        prepared = handlers.load(handler)
+        prepared = handlers.load(handler, config.app_dir)
     else:
         prepared = handlers.prepare(handler)
     if config.threads > 0 and prepared.asynchronous:

@@ -146,6 +146,19 @@ static int send_frames(void *sock, const char **frames, int count)
     return 0;
 }
 
+/* The four statuses a reply may carry (docs/protocol.md). */
+static int known_status(const char *status)
+{
+    static const char *const known[] = {"Server response", "Invalid message", "Server error",
+                                        "Server timeout"};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+        if (strcmp(status, known[i]) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* Receive one whole reply: its frame count and its first frame (the status). */
 static int receive_reply(void *sock, struct reply *reply)
 {
@@ -213,8 +226,7 @@ int main(int argc, char **argv)
             status = 1;
             break;
         }
-        if (reply.frames != REPLY_FRAMES || (strcmp(reply.status, "Server response") != 0
-                                             && strcmp(reply.status, "Invalid message") != 0)) {
+        if (reply.frames != REPLY_FRAMES || !known_status(reply.status)) {
             fprintf(stderr, "error: malformed reply: %d frame(s), status '%s'\n", reply.frames,
                     reply.status);
             status = 1;

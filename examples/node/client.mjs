@@ -13,7 +13,7 @@ import zmq from "zeromq"
 
 const MALFORMED = 2 // the request sent without its address frame
 const HEARTBEAT_MS = 10000 // as the server: keeps an idle connection open through nginx
-const STATUSES = ["Server response", "Invalid message"]
+const STATUSES = ["Server response", "Invalid message", "Server error", "Server timeout"]
 
 const USAGE =
   "usage: node client.mjs [--help] [--connect ENDPOINT] [--requests N] [--timeout-ms MS] [--tries N]"

@@ -72,6 +72,14 @@ def add_handler_flags(parser: argparse.ArgumentParser) -> None:
     cli.add_setting(
         parser,
         ServerConfig,
+        "app_dir",
+        "--app-dir",
+        metavar="DIR",
+        help="where to look for the handler's module first (put on the module search path)",
+    )
+    cli.add_setting(
+        parser,
+        ServerConfig,
         "threads",
         "--threads",
         type=cli.int_at_least(0),
@@ -83,7 +91,7 @@ def add_handler_flags(parser: argparse.ArgumentParser) -> None:
         ServerConfig,
         "handler_timeout_ms",
         "--handler-timeout-ms",
-        type=cli.float_at_least(1),
+        type=cli.int_at_least(1),
         help="a request whose handler has not finished by then is answered Server timeout "
         "(an async handler is cancelled)",
     )

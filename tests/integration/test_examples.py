@@ -19,6 +19,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import zmq
@@ -231,6 +232,35 @@ async def test_example_through_nginx(example: list[str]) -> None:
         run = await run_example(example, "--connect", endpoint)
     assert_seed_output(run)
     assert run.stderr == ""
+
+
+MOODY_HANDLER = """
+import time
+
+def moody(request):
+    if request.data.endswith(b"0"):
+        raise ValueError("no such key: 0")
+    if request.data.endswith(b"1"):
+        time.sleep(0.2)  # past --handler-timeout-ms
+    return request.data
+"""
+
+
+async def test_example_reads_all_four_statuses(example: list[str], tmp_path: Path) -> None:
+    """Against a handler that raises and runs out of time, the example prints each status of
+    docs/protocol.md as it prints the seed's two, and counts the requests answered."""
+    (tmp_path / "moody.py").write_text(MOODY_HANDLER)
+    server_args = ["--handler", "moody:moody", "--app-dir", str(tmp_path)]
+    server_args += ["--handler-timeout-ms", "50"]
+    async with LocalStack(1, nginx=False, server_args=server_args) as stack:
+        run = await run_example(example, "--connect", stack.endpoints[0], "--requests", "4")
+    assert run.status == 0, str(run)
+    assert [line for line in run.stdout if line.startswith("Received")] == [
+        "Received response: Server error",
+        "Received response: Server timeout",
+        "Received response: Invalid message",
+        "Received response: Server response",
+    ]
 
 
 async def test_example_without_a_server_fails_clearly(example: list[str]) -> None:

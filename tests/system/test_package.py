@@ -76,13 +76,14 @@ def test_the_installed_package_runs_from_any_directory(installed: Path, tmp_path
 
     (tmp_path / "mine.py").write_text("def shout(request):\n    return request.data.upper()\n")
     port = free_port()
+    # The reqrep script, from the directory holding the handler (--app-dir, by default ".").
     server = subprocess.Popen(
         [
-            *(python, "-m", "reqrep", "server", "--bind", f"tcp://127.0.0.1:{port}"),
+            *(str(installed / "reqrep"), "server", "--bind", f"tcp://127.0.0.1:{port}"),
             *("--handler", "mine:shout", "--name", "installed"),
         ],
         cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -124,3 +124,12 @@ def test_the_built_in_handlers() -> None:
     work = handlers.Work(5)
     assert asyncio.run(work(REQUEST)) == b""
     assert repr(work) == "Work(work_ms=5)"
+
+
+def test_load_looks_in_the_app_dir_first(tmp_path: Path) -> None:
+    (tmp_path / "appdir_handler.py").write_text("def answer(request):\n    return b'here'\n")
+    try:
+        assert handlers.load("appdir_handler:answer", str(tmp_path)).handler(REQUEST) == b"here"
+    finally:
+        sys.path.remove(str(tmp_path))
+        del sys.modules["appdir_handler"]

@@ -99,3 +99,25 @@ def test_format_summary_names_failed_clients() -> None:
     text = format_summary(summary)
     assert "Result: FAILED" in text
     assert "client_1: boom" in text
+
+
+def test_replies_that_report_the_servers_failures_are_counted_and_shown_when_there() -> None:
+    mixed = report(
+        "client_1",
+        Result(0, OK, "replica-1", 1.0, 1),
+        Result(1, "Server error", "replica-1", 2.0, 1),
+        Result(2, "Server timeout", "replica-1", 3.0, 1),
+        sent=3,
+    )
+    summary = Summary.of([ClientOutcome("client_1", 0, mixed)], elapsed_s=1.0)
+    stats = summary.total
+    counts = (stats.server_response, stats.server_error, stats.server_timeout, stats.failed)
+    assert counts == (1, 1, 1, 0)
+    assert summary.requests_per_second == 3.0  # every reply is an answer
+    header = format_summary(summary).splitlines()[2]
+    assert header.split()[2:] == [
+        *("Server", "response", "Invalid", "message", "Server", "error", "Server", "timeout"),
+        *("failed", "p50", "ms", "p95", "ms", "p99", "ms"),
+    ]
+    plain = format_summary(Summary.of([ClientOutcome("client_1", 0, ALICE)], elapsed_s=1.0))
+    assert "Server error" not in plain  # the seed's table, unless a reply had one
