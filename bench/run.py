@@ -13,6 +13,11 @@ Rows of the harness (``bench.harness``), each driven by the same load generator
     nginx-3       3 replicas behind nginx
     router-work   ROUTER mode with --work-ms (default 20)
     rep-work      --socket rep with the same --work-ms
+    echo          the server with a synchronous handler of the user's kind (the data back)
+    echo-async    the same as an ``async def``: a task per request
+    hash          a CPU-bound handler (examples/handlers/hashing.py), one replica
+    hash-threads  the same with --threads 4: threads share one GIL
+    hash-2        the same on 2 replicas behind nginx: processes do not
 
 The table is the harness's (medians over ``--rounds``; ``x ref`` is req/s over
 the ceiling's, "-" for the work rows, which do other work than the echo). Then
@@ -45,6 +50,11 @@ from reqrep.stack import LocalStack, free_port
 
 # The targets, and the caller counts they are judged at.
 ONE_CALLER_P50_VS_CEILING: Final = 1.2
+ECHO_VS_DEFAULT: Final = 0.9
+SYNC_ECHO: Final = "reqrep.handlers:echo"
+ASYNC_ECHO: Final = "examples.handlers.echo:echo_async"
+CPU_BOUND: Final = "examples.handlers.hashing:stretch"
+HASH_THREADS: Final = 4
 DIRECT_VS_CEILING: Final = 0.8
 NGINX_VS_DIRECT: Final = 0.7
 ROUTER_VS_REP: Final = 25.0
@@ -103,6 +113,45 @@ def all_rows(work_ms: float, server_args: Sequence[str]) -> list[Row]:
             "rep-work",
             f"REP --work-ms {work_ms:g}",
             functools.partial(stack, 1, False, (*work, "--socket", "rep")),
+            server,
+            compared=False,
+        ),
+        *handler_rows(extra, server),
+    ]
+
+
+def handler_rows(extra: tuple[str, ...], server: Callable[[Started], list[str]]) -> list[Row]:
+    """The user's handlers: an echo, sync and async; CPU-bound work on threads and replicas."""
+    echo, echo_async = ("--handler", SYNC_ECHO), ("--handler", ASYNC_ECHO)
+    cpu = ("--handler", CPU_BOUND)
+    return [
+        Row(
+            "echo", "sync echo handler", functools.partial(stack, 1, False, (*extra, *echo)), server
+        ),
+        Row(
+            "echo-async",
+            "async echo handler",
+            functools.partial(stack, 1, False, (*extra, *echo_async)),
+            server,
+        ),
+        Row(
+            "hash",
+            "CPU-bound handler, 1 replica",
+            functools.partial(stack, 1, False, (*extra, *cpu)),
+            server,
+            compared=False,
+        ),
+        Row(
+            "hash-threads",
+            f"CPU-bound, --threads {HASH_THREADS}",
+            functools.partial(stack, 1, False, (*extra, *cpu, "--threads", str(HASH_THREADS))),
+            server,
+            compared=False,
+        ),
+        Row(
+            "hash-2",
+            "CPU-bound, 2 replicas, nginx",
+            functools.partial(stack, 2, True, (*extra, *cpu)),
             server,
             compared=False,
         ),
@@ -182,6 +231,30 @@ def _work_checks(figures: Sequence[Figures], work_ms: float) -> list[Check]:
     return found
 
 
+def _handler_checks(figures: Sequence[Figures]) -> list[Check]:
+    """The user's handlers: an echo keeps the default's pace; CPU-bound work scales with
+    replicas, not threads (information)."""
+    n = THROUGHPUT_CALLERS
+    found = [
+        _throughput_check(
+            figures,
+            "echo",
+            "direct",
+            n,
+            ECHO_VS_DEFAULT,
+            f"sync echo handler >= {ECHO_VS_DEFAULT}x the default handler's req/s, {n} callers",
+        )
+    ]
+    for row, base, name in (
+        ("echo-async", "direct", f"async echo handler vs the default, {n} callers"),
+        ("hash-threads", "hash", f"CPU-bound: --threads {HASH_THREADS} vs inline, {n} callers"),
+        ("hash-2", "hash", f"CPU-bound: 2 replicas vs 1, {n} callers"),
+    ):
+        measured = _throughput_check(figures, row, base, n, 0.0, name)
+        found.append(Check(measured.name, measured.value, None))
+    return found
+
+
 def _load_generator_checks(figures: Sequence[Figures]) -> list[Check]:
     # The generator is not the limit if it pushes the ceiling at least as
     # hard as it pushes the server, at every caller count.
@@ -233,6 +306,7 @@ def checks(figures: Sequence[Figures], work_ms: float) -> list[Check]:
         _cpu_per_reply(figures, n),
         *_nginx_latency(figures),
         *_work_checks(figures, work_ms),
+        *_handler_checks(figures),
         *_load_generator_checks(figures),
     ]
 
