@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import zmq
 import zmq.asyncio
@@ -42,7 +42,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from reqrep import events, handlers, keys, protocol
 from reqrep.config import ServerConfig, heartbeat_options
 from reqrep.errors import BindError, ConfigError
-from reqrep.frames import recv_wait, send_now
+from reqrep.frames import recv_now, recv_wait, send_now
 from reqrep.handlers import Handler, Prepared
 from reqrep.metrics import ServerMetrics
 from reqrep.metrics_http import MetricsEndpoint
@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 # Router mode inline, under load: how long to wait for the next request before
 # waiting in the event loop again, and how often the event loop gets a turn
 # while requests keep coming.
+_POLLIN: Final = int(zmq.POLLIN)
+_EVENTS: Final = int(zmq.EVENTS)
 BUSY_WAIT_MS: Final = 1
 BUSY_TURN_S: Final = 0.005
 # After the grace period, requests still in flight are cancelled and answered
@@ -92,7 +94,6 @@ class Server:
         self._bound: Bound | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._inflight = asyncio.Semaphore(config.max_inflight)
         self._stop = asyncio.Event()
         self._serving: asyncio.Task[None] | None = None
         self.endpoints: list[str] = []
@@ -234,36 +235,23 @@ class Server:
     async def _serve_router_tasks(
         self, sock: zmq.asyncio.Socket, receiver: StoppableReceiver
     ) -> None:
-        answer = self.answerer.answer_async
-        while not receiver.stopped:
-            await self._inflight.acquire()
-            frames = None if receiver.stopped else await receiver.receive()
-            if frames is None:
-                self._inflight.release()
-                return
-            started = time.perf_counter_ns()
-            task = asyncio.create_task(self._answer_task(sock, answer, frames, started))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _answer_task(
-        self, sock: zmq.asyncio.Socket, answer: AnswerAsync, frames: list[bytes], started_ns: int
-    ) -> None:
-        """One request in its own task: exactly one reply.
-
-        The reply goes through the asyncio socket, not its synchronous shadow: the loop's
-        receive is waiting on the same socket meanwhile, and a send on the shadow can take
-        in the wake-up that receive waits for, leaving requests queued unread. On a ROUTER
-        the send completes at once, so nothing can cancel it half way.
-        """
+        """A task per request, at most ``max_inflight`` at once; requests are read by a
+        ``TaskFeeder`` from the socket's descriptor, replies sent from the tasks."""
+        loop = asyncio.get_running_loop()
+        feeder = TaskFeeder(
+            zmq.Socket.shadow(sock.underlying),
+            self.answerer.answer_async,
+            self.config.max_inflight,
+            self.metrics,
+        )
+        fd = feeder.fd
+        loop.add_reader(fd, feeder.read)
         try:
-            envelope, request = protocol.split_envelope(frames)
-            reply = await answer(request, envelope[0])
-            if self.metrics is not None:
-                self.metrics.handled(started_ns)
-            await sock.send_multipart(envelope + reply)
+            feeder.read()  # what is queued already
+            await receiver.wait_stopped()
         finally:
-            self._inflight.release()
+            loop.remove_reader(fd)
+            self._tasks.update(feeder.tasks)
 
 
 def resolve_handler(handler: Handler | Prepared | str | None, config: ServerConfig) -> Prepared:
@@ -550,6 +538,66 @@ class Answerer:
         return protocol.error_reply(self._name, error)
 
 
+class TaskFeeder:
+    """Router mode with tasks: reads requests off the socket as they come, a task each.
+
+    The reader runs from the socket's descriptor (``loop.add_reader``), on the
+    synchronous shadow of the socket, and takes every request queued per wake-up (the
+    busy path's batching, for tasks), up to ``max_inflight`` in flight; then it stops
+    reading, and ZeroMQ's queues and TCP push back, until a task ends. Tasks send their
+    replies on the same shadow socket. The descriptor is edge-triggered and a send can
+    take in the notification of new requests, so after sends the reader looks again
+    once the loop's turn ends. pyzmq's asyncio machinery is not used on this socket here.
+    """
+
+    def __init__(
+        self,
+        sock: zmq.Socket[bytes],
+        answer: AnswerAsync,
+        max_inflight: int,
+        metrics: ServerMetrics | None,
+    ) -> None:
+        self._sock = sock
+        self._answer = answer
+        self._max_inflight = max_inflight
+        self._metrics = metrics
+        self._loop = asyncio.get_running_loop()
+        self._option = cast(Callable[[int], int], sock.getsockopt)
+        self._check_scheduled = False
+        self.fd = cast(int, sock.getsockopt(zmq.FD))
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def read(self) -> None:
+        """Start a task for every request queued, while there is room for one."""
+        self._check_scheduled = False
+        sock, option, tasks = self._sock, self._option, self.tasks
+        while len(tasks) < self._max_inflight and option(_EVENTS) & _POLLIN:
+            frames = recv_now(sock)
+            task = self._loop.create_task(self._answer_task(frames, time.perf_counter_ns()))
+            tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        full = len(self.tasks) >= self._max_inflight
+        self.tasks.discard(task)
+        if full:
+            self._look_again()  # room again: requests may be waiting unread
+
+    def _look_again(self) -> None:
+        if not self._check_scheduled:
+            self._check_scheduled = True
+            self._loop.call_soon(self.read)
+
+    async def _answer_task(self, frames: list[bytes], started_ns: int) -> None:
+        """One request in its own task: exactly one reply."""
+        envelope, request = protocol.split_envelope(frames)
+        reply = await self._answer(request, envelope[0])
+        if self._metrics is not None:
+            self._metrics.handled(started_ns)
+        send_now(self._sock, envelope + reply)
+        self._look_again()
+
+
 class StoppableReceiver:
     """Awaits a socket's next message until ``stop`` is set, then answers None.
 
@@ -566,6 +614,9 @@ class StoppableReceiver:
     @property
     def stopped(self) -> bool:
         return self._stop.is_set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
 
     async def _cancel_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
