@@ -42,7 +42,7 @@ import zmq.asyncio
 from reqrep import endpoints, keys, protocol
 from reqrep.config import ClientConfig, heartbeat_options, setting
 from reqrep.errors import ChannelClosed, MalformedReply, RequestTimeout
-from reqrep.events import ConnectionEvents, explain
+from reqrep.events import SILENT, ConnectionEvents, explain
 from reqrep.frames import recv_now, send_or_again
 
 logger = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class _Call:
     __slots__ = (
         "deadline",
         "events_from",
+        "events_on",
         "future",
         "idempotent",
         "key",
@@ -100,7 +101,8 @@ class _Call:
         self.tries = 0
         self.route: _Connection | None = None
         self.deadline = 0.0
-        self.events_from = 0
+        self.events_from = 0  # what ``events_on`` had seen when the request first went there
+        self.events_on: _Connection | None = None
 
 
 class _Connection:
@@ -133,7 +135,9 @@ class _Connection:
     def send(self, call: _Call) -> None:
         """Put ``call`` on this socket, or in the outbox until the connection is up."""
         call.route = self
-        call.events_from = self.events.total
+        if call.events_on is not self:  # its story here starts now, and goes on over its tries
+            call.events_on = self
+            call.events_from = self.events.total
         self.pending += 1
         if self.outbox:
             self.outbox.append(call)
@@ -414,15 +418,18 @@ class Channel:
         call.future.set_exception(self._timeout(call, route))
 
     def _timeout(self, call: _Call, route: _Connection | None) -> RequestTimeout:
-        tries = call.tries
+        """Why no reply came, from what the connection's monitor saw over the request's tries."""
         if route is None:
             failure, reason = RequestTimeout, "no connection to send it on"
-        elif route.events.up and not route.events.since(call.events_from):
-            failure, reason = RequestTimeout, "connected, but no reply came in time"
         else:
-            tried = [route.events.since(call.events_from)]
-            failure, reason = explain(tried, self.config.endpoints, self._curve is not None)
-        return failure(self.config.endpoints, call.label, tries, reason)
+            route.events.drain()
+            seen = route.events.since(call.events_from)
+            if route.events.up and not seen:
+                failure, reason = RequestTimeout, SILENT
+            else:
+                curve = self._curve is not None
+                failure, reason = explain([seen], self.config.endpoints, curve)
+        return failure(self.config.endpoints, call.label, call.tries, reason)
 
     def resend_from(self, lost: _Connection) -> None:
         """A connection was lost: its idempotent requests go again as soon as it is back

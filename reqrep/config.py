@@ -52,6 +52,8 @@ class ServerConfig:
     # A request whose handler has not finished by then is answered ``Server timeout``.
     handler_timeout_ms: int = setting(30_000, env="SERVER_HANDLER_TIMEOUT_MS")
     socket_type: str = setting("router", env="SERVER_SOCKET")  # "router": many at once; "rep"
+    # The event loop `reqrep server` runs on: "asyncio", or "uvloop" (pip install .[uvloop]).
+    loop: str = setting("asyncio", env="SERVER_LOOP")
     max_inflight: int = setting(1000, env="SERVER_MAX_INFLIGHT")
     # A shortcut for the built-in handler that waits this long (reqrep.handlers.Work).
     work_ms: float = setting(0.0, env="SERVER_WORK_MS")

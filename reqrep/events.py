@@ -59,6 +59,10 @@ HANDSHAKE_FAILURES: Final = (
 )
 
 
+# A connection that was up, over which no reply came.
+SILENT: Final = "connected, but no reply came in time (the server may be busy or gone)"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One monitor event: its kind (``zmq.EVENT_*``) and value (an fd, errno or code)."""
@@ -208,7 +212,7 @@ def explain(
             "the server closed the connection after each request: it drops a message with a "
             "frame over its size limit (--max-message-bytes) this way, or it went away"
         )
-    return RequestTimeout, "connected, but no reply came in time (the server may be busy or gone)"
+    return RequestTimeout, SILENT
 
 
 def _dropped_after_handshake(attempt: Sequence[Event]) -> bool:

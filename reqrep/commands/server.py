@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from reqrep import cli, handlers, server
 from reqrep.config import ServerConfig
 from reqrep.errors import ConfigError, CurveKeyError, StartError
 
 logger = logging.getLogger(__name__)
+
+LOOPS = ("asyncio", "uvloop")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -127,6 +131,15 @@ def add_socket_flags(parser: argparse.ArgumentParser) -> None:
     cli.add_setting(
         parser,
         ServerConfig,
+        "loop",
+        "--loop",
+        choices=LOOPS,
+        help="the event loop: asyncio's own, or uvloop (optional: pip install '.[uvloop]'); "
+        "docs/performance.md says what it changes",
+    )
+    cli.add_setting(
+        parser,
+        ServerConfig,
         "max_message_bytes",
         "--max-message-bytes",
         type=cli.int_at_least(1),
@@ -196,7 +209,19 @@ def parse_args(argv: Sequence[str] | None = None, prog: str | None = None) -> ar
         parser.error("--work-ms is a shortcut for the built-in Work handler: give it or --handler")
     if args.curve_authorized_keys is not None and args.curve_secret_key is None:
         parser.error("--curve-authorized-keys needs --curve-secret-key")
+    if args.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        parser.error("--loop uvloop: uvloop is not installed (pip install '.[uvloop]')")
     return args
+
+
+def run_loop(main: Coroutine[Any, Any, None], loop: str) -> None:
+    """Run ``main`` to its end on the event loop named (checked by the parser)."""
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
@@ -205,7 +230,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     config = cli.config_from_args(ServerConfig, args)
     try:
         handler = server.resolve_handler(None, config)  # a bad --handler ends it here
-        asyncio.run(server.run(config, handler))
+        run_loop(server.run(config, handler), config.loop)
     except CurveKeyError as error:
         logger.error("Cannot set up CURVE: %s", error)
         return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,8 +14,10 @@ import pytest
 import zmq.asyncio
 
 from reqrep import protocol
+from reqrep.channel import Channel, ChannelConfig
 from reqrep.client import Client
-from reqrep.errors import ConnectFailed, RequestTimeout
+from reqrep.config import ClientConfig
+from reqrep.errors import ConnectFailed, EndpointError, RequestTimeout
 from reqrep.stack import LocalStack, free_port
 from tests.support import run_script, seed_lines
 
@@ -148,3 +151,14 @@ async def test_client_closes_its_socket_so_the_context_terminates(
     async with asyncio.timeout(TIMEOUT_S):
         with pytest.raises(RequestTimeout):
             await client.request(protocol.encode_request("c", b"x"))
+
+
+@pytest.mark.parametrize("endpoint", ["notanendpoint", "tcp://localhost", "tcp://*:5555"])
+def test_a_malformed_endpoint_raises_at_once_leaving_nothing_open(endpoint: str) -> None:
+    """The library's clients check endpoints before they make a context or a socket."""
+    before = threading.active_count()  # each ZeroMQ context starts threads of its own
+    with pytest.raises(EndpointError):
+        Client(ClientConfig(endpoints=(endpoint,)))
+    with pytest.raises(EndpointError):
+        Channel(ChannelConfig(endpoints=(endpoint,)))
+    assert threading.active_count() == before

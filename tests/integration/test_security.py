@@ -6,7 +6,7 @@ import asyncio
 import logging
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from reqrep import keys, protocol
+from reqrep.channel import Channel, ChannelConfig
 from reqrep.client import Client
 from reqrep.commands import keys as keys_cli
 from reqrep.errors import CurveKeyError, HandshakeFailed, RequestTimeout
@@ -301,3 +302,40 @@ async def test_bad_server_key_settings_stop_it_at_once(
     assert done.status == status
     assert complaint in done.stderr
     assert "Traceback" not in done.stderr
+
+
+async def test_a_channel_is_encrypted_and_authorized_like_a_client(
+    start_server: Callable[..., Any], curve_keys: Keys
+) -> None:
+    """The multiplexing Channel with CURVE: served with an authorized key, told why without."""
+    server = await start_server(**curve_keys.server_overrides())
+    alice = ChannelConfig(
+        endpoints=(server.endpoint,),
+        curve_server_key=str(curve_keys.server_public),
+        curve_secret_key=str(curve_keys.alice_secret),
+    )
+    mallory = replace(alice, curve_secret_key=str(curve_keys.mallory_secret), timeout_ms=300)
+    async with asyncio.timeout(TIMEOUT_S):
+        async with Channel(alice) as channel:
+            replies = await asyncio.gather(*(channel.call(b"x") for _ in range(20)))
+        async with Channel(mallory) as channel:
+            with pytest.raises(HandshakeFailed, match="refused this client's key"):
+                await channel.call(b"x")
+    assert replies == [b""] * 20
+
+
+@pytest.mark.nginx
+@needs_nginx
+async def test_a_channel_through_nginx_with_curve(curve_keys: Keys) -> None:
+    async with LocalStack(2, nginx=True, server_args=curve_keys.server_args()) as stack:
+        config = ChannelConfig(
+            endpoints=tuple(stack.endpoints),
+            connections=2,
+            curve_server_key=str(curve_keys.server_public),
+            curve_secret_key=str(curve_keys.alice_secret),
+        )
+        async with asyncio.timeout(TIMEOUT_S), Channel(config) as channel:
+            replies = await asyncio.gather(
+                *(channel.request(protocol.encode_request("alice", b"x")) for _ in range(50))
+            )
+    assert all(reply.ok for reply in replies)
