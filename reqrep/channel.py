@@ -12,7 +12,9 @@ it. The wire format is unchanged: a REQ socket with ``ZMQ_REQ_CORRELATE`` does t
 
 - **Connections.** ``connections`` DEALER sockets, each one TCP connection; through
   nginx each lands on one replica, so N connections spread the load over up to N
-  replicas. A request takes the connection with the fewest requests pending.
+  replicas (they are made one after another, so that nginx's least_conn counts each
+  before it places the next). A request takes the connection with the fewest requests
+  pending, among those that are up.
 - **Timeouts and retries.** A try lasts ``timeout_ms``; an idempotent request (the
   default, as the Lazy Pirate client assumes) is then sent again with the same id, up
   to ``tries`` tries, and a late reply to an earlier try is dropped. When a connection
@@ -29,6 +31,7 @@ it. The wire format is unchanged: a REQ socket with ``ZMQ_REQ_CORRELATE`` does t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections import deque
@@ -55,6 +58,8 @@ _DELIMITER: Final = b""
 _REPLY_FRAMES: Final = 2 + protocol.REPLY_FRAMES
 # Tries end on a sweep of every request in flight, each tick: a tenth of the timeout.
 TICK_FRACTION: Final = 0.1
+# Connections are made one after another: the next one once this one is up, or after this.
+CONNECT_TURN_S: Final = 0.2
 MIN_TICK_S: Final = 0.001
 
 
@@ -243,6 +248,7 @@ class Channel:
         self._connections: list[_Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._connecting: asyncio.Task[None] | None = None
         self._tick_s = 0.0
         # Every request in flight, by id.
         self.calls: dict[bytes, _Call] = {}
@@ -266,6 +272,17 @@ class Channel:
         self._connections = [
             _Connection(self, self._socket()) for _ in range(self.config.connections)
         ]
+        self._connecting = asyncio.create_task(self._connect_in_turn())
+
+    async def _connect_in_turn(self) -> None:
+        """Connect the sockets one after another, each once the one before is up (or after
+        CONNECT_TURN_S): nginx's least_conn then counts each connection before it places
+        the next, where connections made at once could land two on one replica."""
+        for connection in self._connections:
+            for endpoint in self.config.endpoints:
+                connection.owner.connect(endpoint)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(connection.up.wait(), CONNECT_TURN_S)
 
     def _socket(self) -> zmq.asyncio.Socket:
         assert self._context is not None
@@ -277,12 +294,13 @@ class Channel:
             self._curve.apply(sock)
         for option, value in heartbeat_options(self.config.heartbeat_ms).items():
             sock.setsockopt(option, value)
-        for endpoint in self.config.endpoints:
-            sock.connect(endpoint)
-        return sock
+        return sock  # connected by _connect_in_turn
 
     def close(self) -> None:
         """Close the connections; requests still pending raise ``ChannelClosed``."""
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
         for call in list(self.calls.values()):
             if not call.future.done():
                 call.future.set_exception(ChannelClosed("the channel was closed"))

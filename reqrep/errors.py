@@ -29,10 +29,7 @@ someone for the third. The reply statuses are defined in ``reqrep.protocol``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from reqrep.protocol import Fault, Reply
+from typing import Protocol
 
 __all__ = [
     "BindError",
@@ -60,6 +57,26 @@ __all__ = [
 
 class ReqRepError(Exception):
     """Base class of every exception this package raises."""
+
+
+# What the exceptions keep of the protocol's objects (``reqrep.protocol.Fault`` and ``Reply``),
+# named by shape so this module depends on nothing.
+class FaultLike(Protocol):
+    @property
+    def kind(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+
+
+class ReplyLike(Protocol):
+    @property
+    def status(self) -> str: ...
+    @property
+    def replica(self) -> str: ...
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def detail(self) -> str: ...
 
 
 # --- configuration ------------------------------------------------------------
@@ -110,7 +127,7 @@ class ProtocolError(ReqRepError):
 class MalformedRequest(ProtocolError):
     """A request that breaks the envelope rules; ``fault`` says which."""
 
-    def __init__(self, fault: Fault) -> None:
+    def __init__(self, fault: FaultLike) -> None:
         super().__init__(fault.reason)
         self.fault = fault
         self.reason = fault.reason
@@ -130,7 +147,7 @@ class MalformedReply(ProtocolError):
 class ReplyError(ReqRepError):
     """A well-formed reply whose status is not ``Server response``; ``reply`` is all of it."""
 
-    def __init__(self, reply: Reply) -> None:
+    def __init__(self, reply: ReplyLike) -> None:
         super().__init__(f"{reply.status} from {reply.replica}: {reply.detail}")
         self.reply = reply
 

@@ -24,9 +24,12 @@ def test_quick_run_prints_every_row_at_every_caller_count_and_judges_the_targets
     argv = ("--callers", "1,16,64", "--work-ms", "5", "--duration-s", "0.2", "--warmup-s", "0.1")
     lines = run_bench(*argv, "--informational").splitlines()
     labels = ["ceiling: sync REP echo", "server ROUTER, direct"]
+    labels += ["sync echo handler", "async echo handler"]
+    work = ["ROUTER --work-ms 5", "REP --work-ms 5"]
+    work += ["CPU-bound handler, 1 replica", "CPU-bound, --threads 4"]
     if nginx.binary() is not None:
         labels += ["server via nginx", "3 replicas via nginx"]
-    work = ["ROUTER --work-ms 5", "REP --work-ms 5"]
+        work += ["CPU-bound, 2 replicas, nginx"]
     for label in [*labels, *work]:
         rows = [line.split()[len(label.split()) :] for line in lines if line.startswith(label)]
         assert [row[0] for row in rows] == ["1", "16", "64"], label
@@ -35,7 +38,7 @@ def test_quick_run_prints_every_row_at_every_caller_count_and_judges_the_targets
         assert ratios == {"-"} if label in work else "-" not in ratios, (label, ratios)
     assert any(line.startswith("system") and "x ref" in line for line in lines)
     targets = [line for line in lines if line.startswith(("PASS", "FAIL"))]
-    assert len(targets) == 6, targets
+    assert len(targets) == 7, targets
     for line in targets:
         assert (line[:4] == "PASS") == target_met(line), line
     assert any(line.startswith("INFO  load generator CPU") for line in lines)

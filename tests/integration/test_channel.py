@@ -263,6 +263,7 @@ async def test_connections_spread_over_the_replicas_behind_nginx() -> None:
         channel(stack.endpoints, connections=3) as opened,
         asyncio.timeout(TIMEOUT_S),
     ):
+        await opened.ready()  # all three connections up, each on a replica of its own
         await asyncio.gather(*(caller(opened) for _ in range(16)))
     print(f"\n960 requests on 3 connections through nginx: {dict(replicas)}")
     assert set(replicas) == {"replica-1", "replica-2", "replica-3"}

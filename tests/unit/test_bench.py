@@ -40,4 +40,6 @@ def test_rows_keep_their_order_and_quick_shortens_the_window() -> None:
 
 def test_only_the_rows_doing_the_ceilings_work_are_compared_with_it() -> None:
     rows = run.all_rows(20.0, ())
-    assert [row.key for row in rows if not row.compared] == ["router-work", "rep-work"]
+    # The work rows and the CPU-bound handler's do other work than the echo.
+    uncompared = [row.key for row in rows if not row.compared]
+    assert uncompared == ["router-work", "rep-work", "hash", "hash-threads", "hash-2"]
