@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
 
 import zmq
 import zmq.asyncio
@@ -66,6 +65,9 @@ class Client:
     def _open(self) -> zmq.asyncio.Socket:
         sock = self._context.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
+        # A request goes only to a connection that is up: given several endpoints, one of
+        # them dead, the socket skips it instead of queueing the request there for good.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
         if self._curve is not None:
             self._curve.apply(sock)
         for option, value in heartbeat_options(self.config.heartbeat_ms).items():
@@ -145,21 +147,17 @@ class Client:
     ) -> list[bytes] | None:
         """Send, then the reply's frames, or None if none came within the timeout.
 
-        The timeout is one timer that cancels the receive: cheaper per request
-        than ``poll()`` followed by a receive, or ``asyncio.wait_for``.
+        The timeout covers the send too: with ``ZMQ_IMMEDIATE`` a REQ socket takes a request
+        only once a connection is up, so with no server the send itself waits.
         """
-        await sock.send_multipart(frames)
-        receiving = cast("asyncio.Future[list[bytes]]", sock.recv_multipart())
-        timer = asyncio.get_running_loop().call_later(self._timeout_s, receiving.cancel)
         try:
-            return await receiving
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # this request was cancelled, not timed out
-            return None
-        finally:
-            timer.cancel()
+            async with asyncio.timeout(self._timeout_s) as deadline:
+                await sock.send_multipart(frames)
+                return await sock.recv_multipart()
+        except TimeoutError:
+            if deadline.expired():
+                return None
+            raise
 
     async def ping(self) -> protocol.Reply:
         """One health request through the handler: any reply means the replica is alive."""

@@ -162,3 +162,17 @@ def test_a_malformed_endpoint_raises_at_once_leaving_nothing_open(endpoint: str)
     with pytest.raises(EndpointError):
         Channel(ChannelConfig(endpoints=(endpoint,)))
     assert threading.active_count() == before
+
+
+async def test_a_dead_endpoint_among_several_is_skipped(
+    start_server: Callable[..., Any], make_client: Callable[..., Client]
+) -> None:
+    """Given every node's address, one of them dead (first, even): each request goes to a
+    connection that is up (ZMQ_IMMEDIATE), none waits on the dead one for a retry."""
+    server = await start_server()
+    dead = f"tcp://127.0.0.1:{free_port()}"
+    client = make_client([dead, server.endpoint], timeout_ms=2000, tries=1)
+    async with asyncio.timeout(TIMEOUT_S):
+        replies = [await client.request(protocol.encode_request("c", b"x")) for _ in range(10)]
+    assert all(reply.ok for reply in replies)
+    assert client.last_tries == 1
