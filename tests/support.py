@@ -636,6 +636,77 @@ def docker_unchecked(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+BUILD_TIMEOUT_S = 480.0
+
+
+def build_image(tag: str, dockerfile: Path, context: Path = PROJECT_DIR) -> None:
+    """``docker build`` with the classic builder (no BuildKit), as every target's CI can."""
+    docker(
+        *("build", "-q", "-f", str(dockerfile), "-t", tag, str(context)),
+        timeout_s=BUILD_TIMEOUT_S,
+        env={"DOCKER_BUILDKIT": "0"},
+    )
+
+
+@contextlib.contextmanager
+def built_images(
+    dockerfiles: dict[str, str], derived: dict[str, str] | None = None
+) -> Iterator[None]:
+    """The project's images under tags of the caller's (``{tag: Dockerfile name}``), then
+    ``derived`` ones (``{tag: Dockerfile text}``, built in an empty context). Only the
+    tags are removed afterwards, also when a build failed: the layers are shared with
+    the other tests' images."""
+    try:
+        for tag, dockerfile in dockerfiles.items():
+            build_image(tag, PROJECT_DIR / dockerfile)
+        with tempfile.TemporaryDirectory(prefix="zmq-image-") as workdir:
+            for tag, text in (derived or {}).items():
+                path = Path(workdir) / "Dockerfile"
+                path.write_text(text)
+                build_image(tag, path, Path(workdir))
+        yield
+    finally:
+        docker_unchecked("rmi", *dockerfiles, *(derived or {}))
+
+
+@dataclass(frozen=True)
+class SwarmTask:
+    """A task of a swarm service: its name (``service.slot.id``: also its container's and,
+    in the stacks here, its replica's name), node, image and current state."""
+
+    name: str
+    node: str
+    image: str
+    state: str
+
+    @property
+    def running(self) -> bool:
+        return self.state.startswith("Running")
+
+
+def swarm_tasks(docker_cli: Callable[..., str], service: str) -> list[SwarmTask]:
+    """The tasks of ``service`` that Swarm wants running, through a manager's ``docker_cli``
+    (``docker``, or a node's)."""
+    out = docker_cli(
+        *("service", "ps", service, "--filter", "desired-state=running", "--no-trunc"),
+        *("--format", "{{.Name}} {{.ID}} {{.Node}} {{.Image}} {{.CurrentState}}"),
+    )
+    tasks = []
+    for line in out.splitlines():
+        name, task_id, node, image, state = line.split(" ", 4)
+        tasks.append(SwarmTask(f"{name}.{task_id}", node, image, state))
+    return tasks
+
+
+def labelled_leftovers(label: str) -> dict[str, list[str]]:
+    """The containers and networks with ``label`` (``key=value``) on this engine, by kind."""
+    found = {
+        "containers": docker("ps", "-aq", "--filter", f"label={label}").split(),
+        "networks": docker("network", "ls", "-q", "--filter", f"label={label}").split(),
+    }
+    return {kind: ids for kind, ids in found.items() if ids}
+
+
 def assert_demo_client_printed_the_seed_lines(project: Project) -> None:
     """The compose ``client`` service ran to exit 0, printing the seed's lines."""
     (client,) = project.containers("client")
@@ -727,12 +798,7 @@ class Project:
         return "\n".join(parts)
 
     def leftovers(self) -> dict[str, list[str]]:
-        label = f"label=com.docker.compose.project={self.name}"
-        found = {
-            "containers": docker("ps", "-aq", "--filter", label).split(),
-            "networks": docker("network", "ls", "-q", "--filter", label).split(),
-        }
-        return {kind: ids for kind, ids in found.items() if ids}
+        return labelled_leftovers(f"com.docker.compose.project={self.name}")
 
 
 def wait_healthy(project: Project, count: int) -> None:
@@ -982,10 +1048,16 @@ class MeasuredClients:
 
     Each sends ``requests`` requests one at a time, ``interval_s`` apart, with
     Lazy Pirate retries (``timeout_ms``, ``tries``: the command line's defaults
-    unless given). A request's latency runs from its first send to its reply,
-    retries included, so the longest one is the longest stall a client saw. A
-    request unanswered after the last try is recorded in ``lost`` and ends that
-    client.
+    unless given), or fewer if ``finish()`` is called first (each client ends
+    after its current request). A request's latency runs from its first send to
+    its reply, retries included, so the longest one is the longest stall a
+    client saw. A request unanswered after the last try is recorded in ``lost``
+    and ends that client.
+
+    Client N connects to ``endpoint``, or, when ``client_endpoints`` is given,
+    to all of ``client_endpoints[N % len(client_endpoints)]``. With
+    ``reconnect_every`` N > 0 a client opens a new connection every N requests
+    (1: one per request), so nginx picks a replica for it again.
     """
 
     endpoint: str
@@ -994,6 +1066,8 @@ class MeasuredClients:
     interval_s: float = 0.0
     timeout_ms: int = default(ClientConfig, "timeout_ms")
     tries: int = default(ClientConfig, "tries")
+    client_endpoints: Sequence[tuple[str, ...]] = ()
+    reconnect_every: int = 0
     sent: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     retried: int = 0
@@ -1001,6 +1075,7 @@ class MeasuredClients:
     lost: list[str] = field(default_factory=list)
     finished: bool = False
     _progress: asyncio.Event = field(default_factory=asyncio.Event)
+    _finishing: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def answered(self) -> int:
@@ -1021,6 +1096,10 @@ class MeasuredClients:
             f"{self.longest_stall_ms:.0f} ms, p99 {self.p99_ms:.1f} ms"
         )
 
+    def finish(self) -> None:
+        """Each client ends after its current request."""
+        self._finishing.set()
+
     async def run(self) -> None:
         context = zmq.asyncio.Context()
         try:
@@ -1030,26 +1109,38 @@ class MeasuredClients:
             self._progress.set()
             context.destroy(linger=0)
 
+    def _config(self, number: int) -> ClientConfig:
+        endpoints: tuple[str, ...] = (self.endpoint,)
+        if self.client_endpoints:
+            endpoints = self.client_endpoints[number % len(self.client_endpoints)]
+        return ClientConfig(endpoints=endpoints, timeout_ms=self.timeout_ms, tries=self.tries)
+
     async def _client(self, context: zmq.asyncio.Context, number: int) -> None:
-        config = ClientConfig(
-            endpoints=(self.endpoint,), timeout_ms=self.timeout_ms, tries=self.tries
-        )
-        async with Client(config, context) as client:
-            for request in range(self.requests):
-                frames = protocol.encode_request(f"load-{number}", f"request {request}".encode())
-                self.sent += 1
-                started = time.perf_counter()
-                try:
-                    reply = await client.request(frames, f"{number}/{request}")
-                except RequestTimeout as lost:
-                    self.lost.append(str(lost))
-                    return
-                self.latencies_ms.append((time.perf_counter() - started) * 1000)
-                self.retried += client.last_tries > 1
-                self.replicas[reply.replica] += 1
-                self._progress.set()
-                if self.interval_s > 0:
-                    await asyncio.sleep(self.interval_s)  # the clients' pace
+        config = self._config(number)
+        per_connection = self.reconnect_every or self.requests
+        for first in range(0, self.requests, per_connection):
+            async with Client(config, context) as client:
+                for request in range(first, min(first + per_connection, self.requests)):
+                    if self._finishing.is_set() or not await self._request(client, number, request):
+                        return
+
+    async def _request(self, client: Client, number: int, request: int) -> bool:
+        """Send one request and record its reply; False if it was lost (the client ends)."""
+        frames = protocol.encode_request(f"load-{number}", f"request {request}".encode())
+        self.sent += 1
+        started = time.perf_counter()
+        try:
+            reply = await client.request(frames, f"{number}/{request}")
+        except RequestTimeout as lost:
+            self.lost.append(str(lost))
+            return False
+        self.latencies_ms.append((time.perf_counter() - started) * 1000)
+        self.retried += client.last_tries > 1
+        self.replicas[reply.replica] += 1
+        self._progress.set()
+        if self.interval_s > 0:
+            await asyncio.sleep(self.interval_s)  # the clients' pace
+        return True
 
     async def answered_at_least(self, count: int) -> None:
         """Return once ``count`` requests are answered; fail if the clients stopped first."""
@@ -1058,3 +1149,92 @@ class MeasuredClients:
                 pytest.fail(f"the clients stopped after {self.answered} of {count} replies")
             self._progress.clear()
             await self._progress.wait()
+
+
+# --- a deploy under load: long-lived and new connections, and nginx's view -----------
+
+# nginx's log lines that mean a client connection was not served at once: a
+# 502 (no replica could be reached), a connect to a replica that had gone
+# (timed out, or refused), no replica left to try.
+NGINX_TROUBLE = {
+    "502": r"status=502",
+    "upstream timed out": r"upstream timed out",
+    "no live upstreams": r"no live upstreams",
+    "connect() failed": r"connect\(\) failed",
+}
+
+
+def nginx_trouble(log: str) -> Counter[str]:
+    """How many of each kind of NGINX_TROUBLE line ``log`` (access and error log) holds."""
+    return Counter({kind: len(re.findall(pattern, log)) for kind, pattern in NGINX_TROUBLE.items()})
+
+
+def assert_nginx_served_every_connection(trouble: Counter[str]) -> None:
+    """No client connection failed in nginx (502) nor waited on a replica that had gone."""
+    assert trouble["502"] == 0, trouble
+    assert trouble["upstream timed out"] == 0, trouble
+    assert trouble["no live upstreams"] == 0, trouble
+
+
+DEPLOY_LOAD_MAX_REQUESTS = 100_000
+
+
+@dataclass
+class DeployLoad:
+    """The load a deploy runs under: clients on long-lived connections (``steady``), and
+    clients opening a new connection per request (``churn``), so that nginx picks a
+    replica many times a second. Each client uses the endpoints given for it (one or
+    more; ``MeasuredClients.client_endpoints``); every client sends 100 requests/s at most.
+    """
+
+    steady: MeasuredClients
+    churn: MeasuredClients
+
+    @classmethod
+    def on(
+        cls, endpoints: Sequence[tuple[str, ...]], steady: int = 6, churn: int = 2
+    ) -> DeployLoad:
+        def clients(count: int, reconnect_every: int) -> MeasuredClients:
+            return MeasuredClients(
+                endpoints[0][0],
+                count,
+                DEPLOY_LOAD_MAX_REQUESTS,
+                interval_s=0.01,
+                client_endpoints=endpoints,
+                reconnect_every=reconnect_every,
+            )
+
+        return cls(clients(steady, 0), clients(churn, 1))
+
+    @contextlib.asynccontextmanager
+    async def running(self, before_s: float = 2.0, after_s: float = 3.0) -> AsyncIterator[None]:
+        """The clients run from ``before_s`` before the block (once each has answered) to
+        ``after_s`` after it; then they finish their requests (bounded) and stop."""
+        loads = (self.steady, self.churn)
+        tasks = [asyncio.create_task(load.run()) for load in loads]
+        try:
+            async with asyncio.timeout(ANSWER_TIMEOUT_S):
+                await asyncio.gather(*(load.answered_at_least(load.clients) for load in loads))
+            await asyncio.sleep(before_s)  # the load's pace before the event
+            yield
+            await asyncio.sleep(after_s)  # and after it
+            for load in loads:
+                load.finish()
+            await asyncio.wait_for(asyncio.gather(*tasks), ANSWER_TIMEOUT_S)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def report(self, event: str, trouble: Counter[str]) -> str:
+        """The event, what each kind of client saw, and nginx's trouble counts."""
+        counts = ", ".join(f"{kind} {trouble[kind]}" for kind in NGINX_TROUBLE)
+        return (
+            f"\n{event}\n  long-lived connections: {self.steady}\n"
+            f"  a connection per request: {self.churn}\n  nginx logs: {counts}"
+        )
+
+    def assert_nothing_lost(self) -> None:
+        for load in (self.steady, self.churn):
+            assert load.lost == [], load
+            assert load.answered == load.sent > 0, load

@@ -38,11 +38,13 @@ import zmq.asyncio
 
 from reqrep.stack import free_port
 from tests.support import (
+    BUILD_TIMEOUT_S,
     DOCKER_TIMEOUT_S,
     POLL_INTERVAL_S,
     PROJECT_DIR,
     Load,
     assert_no_request_lost,
+    built_images,
     docker,
     docker_async,
     docker_unchecked,
@@ -51,6 +53,7 @@ from tests.support import (
     needs_engine,
     nginx_t_in_image,
     probe,
+    swarm_tasks,
 )
 
 SWARM_DIR = PROJECT_DIR / "deploy" / "swarm"
@@ -63,7 +66,6 @@ STACK = f"zmqswarmtest{RUN_ID}"
 SERVER_IMAGE = f"zmq-swarm-test-server:{RUN_ID}"
 NGINX_IMAGE = f"zmq-swarm-test-nginx:{RUN_ID}"
 
-BUILD_TIMEOUT_S = 480.0
 # Time for tasks to start and pass their first health check.
 CONVERGE_TIMEOUT_S = 90.0
 # Time for new connections to reach a replica that is running.
@@ -84,22 +86,7 @@ def swarm_state() -> str:
 
 def running_tasks(service: str) -> set[str]:
     """Task names (``service.slot.id``, also the container and replica names) now running."""
-    out = docker(
-        "service",
-        "ps",
-        service,
-        "--filter",
-        "desired-state=running",
-        "--no-trunc",
-        "--format",
-        "{{.Name}} {{.ID}} {{.CurrentState}}",
-    )
-    names = set()
-    for line in out.splitlines():
-        name, task_id, state = line.split(" ", 2)
-        if state.startswith("Running"):
-            names.add(f"{name}.{task_id}")
-    return names
+    return {task.name for task in swarm_tasks(docker, service) if task.running}
 
 
 def all_tasks(service: str) -> list[str]:
@@ -167,24 +154,8 @@ def swarm() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def images() -> Iterator[None]:
     """The server and nginx images, built from the project's Dockerfiles (no BuildKit)."""
-    build_env = {"DOCKER_BUILDKIT": "0"}
-    for dockerfile, tag in (("Dockerfile_server", SERVER_IMAGE), ("Dockerfile_nginx", NGINX_IMAGE)):
-        docker(
-            "build",
-            "-q",
-            "-f",
-            dockerfile,
-            "-t",
-            tag,
-            ".",
-            timeout_s=BUILD_TIMEOUT_S,
-            env=build_env,
-        )
-    try:
+    with built_images({SERVER_IMAGE: "Dockerfile_server", NGINX_IMAGE: "Dockerfile_nginx"}):
         yield
-    finally:
-        # Only the tags: the layers are shared with the compose images.
-        docker_unchecked("rmi", SERVER_IMAGE, NGINX_IMAGE)
 
 
 @dataclass
