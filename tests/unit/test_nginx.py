@@ -28,6 +28,8 @@ SWARM_DIR = PROJECT_DIR / "deploy" / "swarm"
 # What a replica is declared with everywhere: passive health checks.
 HEALTH = "max_fails=2 fail_timeout=3s"
 DOCKER_DNS = "resolver 127.0.0.11 valid=2s ipv6=off;"
+# Swarm's answers are kept for 1 s: a rolling update must not find a stale one.
+SWARM_DNS = "resolver 127.0.0.11 valid=1s ipv6=off;"
 # The main context of the targets whose nginx runs as root (compose, Swarm).
 ROOT_MAIN = ["user nginx;", "worker_processes auto;", "worker_shutdown_timeout 2s;"]
 EVENTS = ["events {", "worker_connections 4096;", "}"]
@@ -66,7 +68,7 @@ TARGETS = {
         [
             *ROOT_MAIN,
             *EVENTS,
-            *stream([DOCKER_DNS], "zmq-proxy.conf", ["tasks.server:5555 resolve"], "5555"),
+            *stream([SWARM_DNS], "zmq-proxy.conf", ["tasks.server:5555 resolve"], "5555"),
         ],
     ),
     "kubernetes": (
