@@ -202,7 +202,10 @@ def test_server_container_runs_server_py_with_its_real_flags(
     args = server.parse_args(container["args"])
     assert args.bind == [f"tcp://*:{SERVER_PORT}"]
     grace_period_s = pod_spec(manifests, "zmq-server")["terminationGracePeriodSeconds"]
-    assert args.grace_s < grace_period_s, "the replica drains before Kubernetes kills it"
+    assert args.shutdown_delay_s > 0, "a replica answers on while it leaves nginx's list"
+    assert args.shutdown_delay_s + args.grace_s < grace_period_s, (
+        "the replica answers through its shutdown delay and drains before Kubernetes kills it"
+    )
 
 
 def test_server_probes_ping_through_the_replicas_own_socket(
