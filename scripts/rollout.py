@@ -30,13 +30,16 @@ stderr), 2 for bad arguments.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from reqrep import cli
+from reqrep.config import setting
 from reqrep.runner import compose_command
 
 logger = logging.getLogger("rollout")
@@ -50,61 +53,48 @@ class RolloutError(Exception):
     """The rollout stopped; the message says why and what is left running."""
 
 
+@dataclass(frozen=True, slots=True)
+class RolloutConfig:
+    """What to roll and how long each step may take; each with its environment variable."""
+
+    service: str = setting("server", env="ROLLOUT_SERVICE")
+    healthy_timeout_s: float = setting(90.0, env="ROLLOUT_HEALTHY_TIMEOUT_S")
+    settle_s: float = setting(3.0, env="ROLLOUT_SETTLE_S")
+    stop_timeout_s: int = setting(15, env="ROLLOUT_STOP_TIMEOUT_S")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Roll a new image through a compose service's replicas with nothing lost.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    parser = cli.parser(
+        "rollout.py", "Roll a new image through a compose service's replicas with nothing lost."
     )
-    option(parser, "--service", str, "server", "the compose service to roll")
+    setting_flag = functools.partial(cli.add_setting, parser, RolloutConfig)
+    setting_flag("service", "--service", help="the compose service to roll")
     parser.add_argument(
         "--no-build",
         action="store_true",
-        default=cli.env("ROLLOUT_NO_BUILD", "") == "1",
-        help="roll the image the service has, without building it (env ROLLOUT_NO_BUILD=1)",
+        help="roll the image the service has, without building it first",
     )
-    option(
-        parser,
+    setting_flag(
+        "healthy_timeout_s",
         "--healthy-timeout-s",
-        cli.float_at_least(1.0),
-        90.0,
-        "how long the new replicas have to pass their health check",
+        type=cli.float_at_least(1.0),
+        help="how long the new replicas have to pass their health check",
     )
-    option(
-        parser,
+    setting_flag(
+        "settle_s",
         "--settle-s",
-        cli.float_at_least(0.0),
-        3.0,
-        "then the wait for nginx to list them (its resolver's validity, and more)",
+        type=cli.float_at_least(0.0),
+        help="then the wait for nginx to list them (its resolver's validity, and more)",
     )
-    option(
-        parser,
+    setting_flag(
+        "stop_timeout_s",
         "--stop-timeout-s",
-        cli.int_at_least(1),
-        15,
-        "how long an old replica has after SIGTERM before it is killed: more than "
-        "its shutdown delay and grace period together",
+        type=cli.int_at_least(1),
+        help="how long an old replica has after SIGTERM before it is killed: more than its "
+        "shutdown delay and grace period together",
     )
-    parser.add_argument(
-        "--log-level",
-        choices=cli.LOG_LEVELS,
-        default=cli.env("LOG_LEVEL", "INFO"),
-        help="env LOG_LEVEL",
-    )
+    cli.add_log_level(parser, "INFO")
     return parser.parse_args(argv)
-
-
-def option(
-    parser: argparse.ArgumentParser,
-    flag: str,
-    kind: Callable[[str], object],
-    default: object,
-    text: str,
-) -> None:
-    """A flag whose default is the environment variable ROLLOUT_<FLAG>, or ``default``."""
-    variable = "ROLLOUT_" + flag.removeprefix("--").replace("-", "_").upper()
-    parser.add_argument(
-        flag, type=kind, default=cli.env(variable, default), help=f"{text} (env {variable})"
-    )
 
 
 def run(command: Sequence[str], timeout_s: float = COMMAND_TIMEOUT_S) -> str:
@@ -192,20 +182,20 @@ def start_new(service: str, old: Sequence[str], healthy_timeout_s: float) -> lis
     return new
 
 
-def rollout(args: argparse.Namespace) -> None:
-    old = running_replicas(args.service)
+def rollout(config: RolloutConfig, build: bool = True) -> None:
+    old = running_replicas(config.service)
     if not old:
-        raise RolloutError(f"no running replica of service {args.service!r}: is the stack up?")
-    logger.info("rolling %d replica(s) of %s", len(old), args.service)
-    if not args.no_build:
-        compose("build", args.service, timeout_s=BUILD_TIMEOUT_S)
-    new = start_new(args.service, old, args.healthy_timeout_s)
-    time.sleep(args.settle_s)  # nginx re-resolves on its own timer: nothing to wait on
+        raise RolloutError(f"no running replica of service {config.service!r}: is the stack up?")
+    logger.info("rolling %d replica(s) of %s", len(old), config.service)
+    if build:
+        compose("build", config.service, timeout_s=BUILD_TIMEOUT_S)
+    new = start_new(config.service, old, config.healthy_timeout_s)
+    time.sleep(config.settle_s)  # nginx re-resolves on its own timer: nothing to wait on
     for container in old:
-        took_s = retire(container, args.stop_timeout_s)
+        took_s = retire(container, config.stop_timeout_s)
         logger.info("retired %s in %.1f s", container[:12], took_s)
     print(
-        f"rolled out {args.service}: {len(old)} replica(s) replaced by "
+        f"rolled out {config.service}: {len(old)} replica(s) replaced by "
         f"{', '.join(container[:12] for container in new)}",
         flush=True,
     )
@@ -213,9 +203,9 @@ def rollout(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="rollout: %(message)s")
+    cli.setup_logging(args.log_level, "rollout")
     try:
-        rollout(args)
+        rollout(cli.config_from_args(RolloutConfig, args), build=not args.no_build)
     except RolloutError as failure:
         print(f"error: rollout stopped: {failure}", file=sys.stderr, flush=True)
         return 1
