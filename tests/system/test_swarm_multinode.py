@@ -16,13 +16,14 @@ and one stack serve the whole module, in this order:
    nothing lost, the replicas move to the other nodes;
 5. a node with a replica killed (its whole engine, ``docker kill`` of the
    node): nothing lost, and Swarm brings the service back to 3 replicas;
-6. with that node gone, clients given every node's address keep working
-   (marked xfail: client.py queues requests on addresses it never reached).
+6. with that node gone, new clients given every node's address work, the
+   dead node's address first for some of them.
 
-The load (``DeployLoad``): clients on long-lived connections, each on one
-node's nginx (in 4 and 5 on the nodes that stay, as an outside balancer with
-health checks would send them), plus clients opening a new connection per
-request, so that nginx picks a replica many times a second. Each scenario
+The load (``DeployLoad``): clients given every node's nginx address (each
+list in another order), on long-lived connections, plus clients opening new
+connections for each request, so that nginx picks a replica many times a
+second. In 4 and 5 a node's nginx goes too: the clients carry on through the
+others. Each scenario
 prints the requests answered and retried, the longest stall, p99, nginx's
 counts of 502s, timeouts and failed connects, and its own timings
 (``pytest -s``). Marked ``multinode`` (and ``docker``); skipped without a Docker
@@ -239,9 +240,15 @@ def stack(swarm: Swarm) -> Stack:
 # --- load and what it saw --------------------------------------------------------------
 
 
+def every_address(nodes: Sequence[Node]) -> list[tuple[str, ...]]:
+    """Every node's nginx address, once starting with each node's."""
+    each = [node.endpoint(NGINX_PORT) for node in nodes]
+    return [tuple(each[i:] + each[:i]) for i in range(len(each))]
+
+
 def load_on(nodes: Sequence[Node]) -> DeployLoad:
-    """Clients spread over ``nodes``' nginx, each on one node's address."""
-    return DeployLoad.on([(node.endpoint(NGINX_PORT),) for node in nodes])
+    """Clients given every node's nginx address (the REQ socket balances over them)."""
+    return DeployLoad.on(every_address(nodes))
 
 
 async def trouble_since(stack: Stack, since: float, dead: Sequence[str] = ()) -> Counter[str]:
@@ -358,10 +365,8 @@ async def test_drain_of_a_node_with_replicas_loses_nothing(stack: Stack) -> None
     on_it = [
         task for task in await asyncio.to_thread(stack.running, SERVER) if task.node == drained.name
     ]
-    # Its nginx goes too: the clients use the other nodes' (take a node out of
-    # the clients' list or the outside balancer before draining it).
-    staying = [node for node in stack.swarm.nodes if node != drained]
-    load = load_on(staying)
+    # Its nginx goes too: the clients carry on through the other nodes'.
+    load = load_on(stack.swarm.nodes)
     since = time.time()
     try:
         async with load.running():
@@ -394,7 +399,7 @@ async def test_killed_node_loses_nothing_and_swarm_restores_full_strength(stack:
     before = await asyncio.to_thread(stack.running, SERVER)
     on_it = [task for task in before if task.node == victim.name]
     staying = [node for node in stack.swarm.nodes if node != victim]
-    load = load_on(staying)
+    load = load_on(stack.swarm.nodes)
     since = time.time()
     async with load.running():
         killed = time.monotonic()
@@ -423,19 +428,15 @@ async def test_killed_node_loses_nothing_and_swarm_restores_full_strength(stack:
     assert len(replacements) == len(on_it)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client.py's REQ socket queues requests to endpoints that never connected "
-    "(ZMQ_IMMEDIATE is 0): with a dead node's address first, every try goes there",
-)
 @pytest.mark.timeout(120)
 async def test_client_given_every_nodes_address_works_with_one_node_gone(stack: Stack) -> None:
     states = await asyncio.to_thread(stack.swarm.node_states)
     assert sorted(states.values()) == ["Down", "Ready", "Ready"], states
-    every = [node.endpoint(NGINX_PORT) for node in stack.swarm.nodes]
     # Each address first for some client: the dead node's too.
-    rotations = [tuple(every[i:] + every[:i]) for i in range(len(every))]
-    clients = MeasuredClients(every[0], CLIENTS_EVERY_ADDRESS, 30, client_endpoints=rotations)
+    rotations = every_address(stack.swarm.nodes)
+    clients = MeasuredClients(
+        rotations[0][0], CLIENTS_EVERY_ADDRESS, 30, client_endpoints=rotations
+    )
     await asyncio.wait_for(clients.run(), 90)
     print(f"\nclients given all 3 nodes' addresses, one node dead: {clients}")
     assert clients.lost == []
