@@ -43,6 +43,7 @@ import zmq
 import zmq.asyncio
 
 from reqrep import endpoints, keys, protocol
+from reqrep.client import immediate
 from reqrep.config import ClientConfig, heartbeat_options, setting
 from reqrep.errors import ChannelClosed, MalformedReply, RequestTimeout
 from reqrep.events import SILENT, ConnectionEvents, explain
@@ -113,10 +114,10 @@ class _Call:
 class _Connection:
     """One DEALER socket of a channel: its reader, its monitor, what it has pending.
 
-    The socket has ``ZMQ_IMMEDIATE``: it takes a message only when its connection is up,
-    so nothing waits in ZeroMQ's queue for a server that is gone (to be handled long
-    after its caller gave up). Until the connection is up, requests wait in ``outbox``,
-    where one whose caller has given up is simply dropped.
+    A request that the socket cannot take now (at its high-water mark, or, with several
+    endpoints and ``ZMQ_IMMEDIATE``, with no connection up) waits in ``outbox`` until it
+    can, where one whose caller has given up is simply dropped. A lost connection's
+    pending requests wait there too, and go again once it is back.
     """
 
     def __init__(self, channel: Channel, owner: zmq.asyncio.Socket) -> None:
@@ -288,8 +289,9 @@ class Channel:
         assert self._context is not None
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        # Messages are taken only while the connection is up (see _Connection).
-        sock.setsockopt(zmq.IMMEDIATE, 1)
+        # With several endpoints a message goes only to a connection that is up (see
+        # reqrep.client.immediate for what that costs, and why not with one).
+        sock.setsockopt(zmq.IMMEDIATE, immediate(self.config.endpoints))
         if self._curve is not None:
             self._curve.apply(sock)
         for option, value in heartbeat_options(self.config.heartbeat_ms).items():

@@ -35,6 +35,19 @@ PING_ADDRESS = "healthcheck"
 PING_DATA = b"ping"
 
 
+def immediate(endpoints: Sequence[str]) -> int:
+    """``ZMQ_IMMEDIATE`` for a client of these endpoints: on (1) with several of them.
+
+    With it a request goes only to a connection that is up, so a client given every
+    node's address skips a dead one instead of queueing requests there. It costs this:
+    when a connection drops, libzmq discards what came on it and was not read yet, so a
+    reply that arrives just before its server closes (a graceful stop) may be lost and
+    the request sent again. With one endpoint (nginx in front) there is nothing to skip,
+    and it stays off.
+    """
+    return 1 if len(endpoints) > 1 else 0
+
+
 class Client:
     """An asynchronous REQ client with Lazy Pirate retries; one request at a time.
 
@@ -65,9 +78,7 @@ class Client:
     def _open(self) -> zmq.asyncio.Socket:
         sock = self._context.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
-        # A request goes only to a connection that is up: given several endpoints, one of
-        # them dead, the socket skips it instead of queueing the request there for good.
-        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.IMMEDIATE, immediate(self.config.endpoints))
         if self._curve is not None:
             self._curve.apply(sock)
         for option, value in heartbeat_options(self.config.heartbeat_ms).items():
@@ -147,8 +158,8 @@ class Client:
     ) -> list[bytes] | None:
         """Send, then the reply's frames, or None if none came within the timeout.
 
-        The timeout covers the send too: with ``ZMQ_IMMEDIATE`` a REQ socket takes a request
-        only once a connection is up, so with no server the send itself waits.
+        The timeout covers the send too: with ``ZMQ_IMMEDIATE`` (several endpoints) a REQ
+        socket takes a request only once a connection is up, so the send itself may wait.
         """
         try:
             async with asyncio.timeout(self._timeout_s) as deadline:

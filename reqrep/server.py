@@ -181,15 +181,18 @@ class Server:
         return self._serve_router_tasks
 
     def _release(self, linger_ms: int = 0) -> None:
-        """Close what start() opened, but the context: the socket last, with ``linger_ms``."""
-        if self._metrics_endpoint is not None:
-            self._metrics_endpoint.stop()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        """Close what start() opened, but the context. The socket first (``linger_ms`` for the
+        replies queued): once nothing reads it, a request that comes is better refused at once,
+        and the client's connection dropped so it resends elsewhere, than left unread while
+        the metrics endpoint takes its time to stop."""
         if self._bound is not None:
             self._bound.close(linger_ms)
             self._bound = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.stop()
 
     async def _serve_rep(self, sock: zmq.asyncio.Socket, receiver: StoppableReceiver) -> None:
         answer = self.answerer.answer_async_or_inline()

@@ -9,6 +9,7 @@ import re
 import pytest
 
 from reqrep.channel import ChannelConfig
+from reqrep.client import immediate
 from reqrep.config import ClientConfig, RequestPlan, ServerConfig, default, env_name
 from reqrep.runner import RunPlan
 from tests.support import PROJECT_DIR
@@ -55,3 +56,10 @@ def test_a_variable_means_one_thing_wherever_it_is_read() -> None:
             continue
         value = default(cls, name)
         assert by_variable.setdefault(env_name(cls, name), value) == value
+
+
+def test_immediate_is_on_only_for_several_endpoints() -> None:
+    """ZMQ_IMMEDIATE skips a dead endpoint among several, and costs the replies unread when a
+    connection drops (reqrep.client.immediate): on only where there is something to skip."""
+    assert immediate(["tcp://nginx:5555"]) == 0
+    assert immediate(["tcp://node1:5555", "tcp://node2:5555"]) == 1
