@@ -34,7 +34,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from reqrep.errors import (
     InvalidRequest,
@@ -95,14 +95,15 @@ class Fault:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """A well-formed request, as a server's handler is given it.
+class Request(NamedTuple):
+    """A well-formed request, as a server's handler is given it (immutable).
 
     ``address`` and ``data`` are the two frames. The server adds where it came from
     and how long the handler has: ``replica`` (this replica's name), ``peer`` (the id
     of the connection it came on, hex; empty in REP mode) and ``deadline`` (a
     ``time.monotonic()`` value, after which the request is answered ``Server timeout``).
+    A named tuple rather than a frozen dataclass: one is made per request, and a tuple
+    is made in half the time.
     """
 
     address: str
