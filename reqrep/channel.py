@@ -43,8 +43,8 @@ import zmq
 import zmq.asyncio
 
 from reqrep import endpoints, keys, protocol
-from reqrep.client import immediate
-from reqrep.config import ClientConfig, heartbeat_options, setting
+from reqrep.client import client_socket
+from reqrep.config import ClientConfig, setting
 from reqrep.errors import ChannelClosed, MalformedReply, RequestTimeout
 from reqrep.events import SILENT, ConnectionEvents, explain
 from reqrep.frames import recv_now, send_or_again
@@ -286,17 +286,9 @@ class Channel:
                 await asyncio.wait_for(connection.up.wait(), CONNECT_TURN_S)
 
     def _socket(self) -> zmq.asyncio.Socket:
+        """A DEALER socket, connected by ``_connect_in_turn``."""
         assert self._context is not None
-        sock = self._context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        # With several endpoints a message goes only to a connection that is up (see
-        # reqrep.client.immediate for what that costs, and why not with one).
-        sock.setsockopt(zmq.IMMEDIATE, immediate(self.config.endpoints))
-        if self._curve is not None:
-            self._curve.apply(sock)
-        for option, value in heartbeat_options(self.config.heartbeat_ms).items():
-            sock.setsockopt(option, value)
-        return sock  # connected by _connect_in_turn
+        return client_socket(self._context, zmq.DEALER, self.config, self._curve)
 
     def close(self) -> None:
         """Close the connections; requests still pending raise ``ChannelClosed``."""

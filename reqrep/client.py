@@ -48,6 +48,24 @@ def immediate(endpoints: Sequence[str]) -> int:
     return 1 if len(endpoints) > 1 else 0
 
 
+def client_socket(
+    context: zmq.asyncio.Context,
+    socket_type: int,
+    config: ClientConfig,
+    curve: keys.ClientCurve | None,
+) -> zmq.asyncio.Socket:
+    """A client's socket with its options (linger 0, IMMEDIATE, CURVE, heartbeats); not
+    connected yet. The REQ client's and the Channel's."""
+    sock = context.socket(socket_type)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IMMEDIATE, immediate(config.endpoints))
+    if curve is not None:
+        curve.apply(sock)
+    for option, value in heartbeat_options(config.heartbeat_ms).items():
+        sock.setsockopt(option, value)
+    return sock
+
+
 class Client:
     """An asynchronous REQ client with Lazy Pirate retries; one request at a time.
 
@@ -76,13 +94,7 @@ class Client:
         self.last_tries = 0
 
     def _open(self) -> zmq.asyncio.Socket:
-        sock = self._context.socket(zmq.REQ)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IMMEDIATE, immediate(self.config.endpoints))
-        if self._curve is not None:
-            self._curve.apply(sock)
-        for option, value in heartbeat_options(self.config.heartbeat_ms).items():
-            sock.setsockopt(option, value)
+        sock = client_socket(self._context, zmq.REQ, self.config, self._curve)
         self._events = ConnectionEvents(sock)
         for endpoint in self.config.endpoints:
             sock.connect(endpoint)

@@ -32,6 +32,9 @@ DEFAULT_PATH = "kv.sqlite3"
 # How long a write waits for another connection's write to finish.
 BUSY_TIMEOUT_S = 5.0
 _local = threading.local()
+# Switching the journal to WAL and making the table take the whole database: one thread at a
+# time (done at once they can fail with "database is locked" instead of waiting).
+_setting_up = threading.Lock()
 
 
 class NoSuchKey(LookupError):
@@ -47,9 +50,11 @@ def _database() -> sqlite3.Connection:
     connection: sqlite3.Connection | None = getattr(_local, "connection", None)
     if connection is None:
         path = os.environ.get(PATH_ENV, DEFAULT_PATH)
-        connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB)")
+        # Autocommit: each statement is its own transaction, which waits for another writer.
+        connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        with _setting_up:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB)")
         _local.connection = connection
     return connection
 
@@ -70,8 +75,7 @@ def handle(request: Request) -> bytes:
     command, key, value = _parse(request.data)
     db = _database()
     if command == b"SET":
-        with db:
-            db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
+        db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (key, value))
         return b"OK"
     if command == b"GET":
         row = db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
@@ -79,7 +83,6 @@ def handle(request: Request) -> bytes:
             raise NoSuchKey(f"no such key: {key}")
         return bytes(row[0])
     if command == b"DEL":
-        with db:
-            removed = db.execute("DELETE FROM kv WHERE key = ?", (key,)).rowcount
+        removed = db.execute("DELETE FROM kv WHERE key = ?", (key,)).rowcount
         return b"1" if removed else b"0"
     raise BadCommand(f"unknown command {command[:10]!r}: expected SET, GET or DEL")
