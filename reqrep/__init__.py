@@ -34,9 +34,6 @@ What this module exports (``__all__``) is the library's API.
 
 from __future__ import annotations
 
-__version__ = "2.0.0"
-
-# The version first: reqrep.metrics reads it.
 from reqrep.channel import Channel, ChannelConfig
 from reqrep.client import Client
 from reqrep.config import ClientConfig, ServerConfig
@@ -45,6 +42,7 @@ from reqrep.errors import __all__ as _errors
 from reqrep.handlers import Handler
 from reqrep.protocol import Reply, Request
 from reqrep.server import Server, serve, stop_on_signals
+from reqrep.version import __version__
 
 __all__ = [
     "Channel",
@@ -58,5 +56,6 @@ __all__ = [
     "ServerConfig",
     "serve",
     "stop_on_signals",
+    "__version__",
     *_errors,
 ]

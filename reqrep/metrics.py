@@ -32,9 +32,9 @@ from prometheus_client.core import (
     Metric,
 )
 
-import reqrep
 from reqrep import protocol
 from reqrep.events import REFUSAL_KINDS, Event, Refusal
+from reqrep.version import __version__
 
 NAMESPACE: Final = "reqrep"
 
@@ -197,7 +197,7 @@ def _registry(metrics: ServerMetrics, replica: str) -> CollectorRegistry:
         f"{NAMESPACE}_build", "Version of this replica and of its libraries", registry=registry
     ).info(
         {
-            "version": reqrep.__version__,
+            "version": __version__,
             "python": platform.python_version(),
             "pyzmq": zmq.pyzmq_version(),
             "libzmq": zmq.zmq_version(),
