@@ -93,67 +93,55 @@ def _loadgen(expect: str) -> Callable[[Started], list[str]]:
     return lambda started: loadgen_command(started.endpoints, expect)
 
 
-def all_rows(work_ms: float, server_args: Sequence[str]) -> list[Row]:
-    extra = tuple(server_args)
-    work = (*extra, "--work-ms", f"{work_ms:g}")
-    server = _loadgen(EXPECT_SERVER)
+@dataclass(frozen=True, slots=True)
+class ServerRow:
+    """A row of the project's server: its replicas, nginx in front or not, its own flags."""
+
+    key: str
+    label: str
+    replicas: int
+    nginx: bool
+    args: tuple[str, ...] = ()
+    compared: bool = True  # False: it does other work than the ceiling's echo
+
+
+def server_rows(work_ms: float) -> list[ServerRow]:
+    """The server's rows: the default handler, simulated work, and the user's kinds of
+    handler (an echo, sync and async; CPU-bound work on threads and on replicas)."""
+    work = ("--work-ms", f"{work_ms:g}")
+    rep = (*work, "--socket", "rep")
+    cpu = ("--handler", CPU_BOUND)
+    cpu_threads = (*cpu, "--threads", str(HASH_THREADS))
     return [
-        Row("ceiling", "ceiling: sync REP echo", ceiling, _loadgen(EXPECT_ECHO)),
-        Row("direct", "server ROUTER, direct", functools.partial(stack, 1, False, extra), server),
-        Row("nginx", "server via nginx", functools.partial(stack, 1, True, extra), server),
-        Row("nginx-3", "3 replicas via nginx", functools.partial(stack, 3, True, extra), server),
-        Row(
-            "router-work",
-            f"ROUTER --work-ms {work_ms:g}",
-            functools.partial(stack, 1, False, work),
-            server,
-            compared=False,
+        ServerRow("direct", "server ROUTER, direct", 1, False),
+        ServerRow("nginx", "server via nginx", 1, True),
+        ServerRow("nginx-3", "3 replicas via nginx", 3, True),
+        ServerRow("router-work", f"ROUTER --work-ms {work_ms:g}", 1, False, work, False),
+        ServerRow("rep-work", f"REP --work-ms {work_ms:g}", 1, False, rep, False),
+        ServerRow("echo", "sync echo handler", 1, False, ("--handler", SYNC_ECHO)),
+        ServerRow("echo-async", "async echo handler", 1, False, ("--handler", ASYNC_ECHO)),
+        ServerRow("hash", "CPU-bound handler, 1 replica", 1, False, cpu, False),
+        ServerRow(
+            "hash-threads", f"CPU-bound, --threads {HASH_THREADS}", 1, False, cpu_threads, False
         ),
-        Row(
-            "rep-work",
-            f"REP --work-ms {work_ms:g}",
-            functools.partial(stack, 1, False, (*work, "--socket", "rep")),
-            server,
-            compared=False,
-        ),
-        *handler_rows(extra, server),
+        ServerRow("hash-2", "CPU-bound, 2 replicas, nginx", 2, True, cpu, False),
     ]
 
 
-def handler_rows(extra: tuple[str, ...], server: Callable[[Started], list[str]]) -> list[Row]:
-    """The user's handlers: an echo, sync and async; CPU-bound work on threads and replicas."""
-    echo, echo_async = ("--handler", SYNC_ECHO), ("--handler", ASYNC_ECHO)
-    cpu = ("--handler", CPU_BOUND)
+def all_rows(work_ms: float, server_args: Sequence[str]) -> list[Row]:
+    extra = tuple(server_args)
+    server = _loadgen(EXPECT_SERVER)
     return [
-        Row(
-            "echo", "sync echo handler", functools.partial(stack, 1, False, (*extra, *echo)), server
-        ),
-        Row(
-            "echo-async",
-            "async echo handler",
-            functools.partial(stack, 1, False, (*extra, *echo_async)),
-            server,
-        ),
-        Row(
-            "hash",
-            "CPU-bound handler, 1 replica",
-            functools.partial(stack, 1, False, (*extra, *cpu)),
-            server,
-            compared=False,
-        ),
-        Row(
-            "hash-threads",
-            f"CPU-bound, --threads {HASH_THREADS}",
-            functools.partial(stack, 1, False, (*extra, *cpu, "--threads", str(HASH_THREADS))),
-            server,
-            compared=False,
-        ),
-        Row(
-            "hash-2",
-            "CPU-bound, 2 replicas, nginx",
-            functools.partial(stack, 2, True, (*extra, *cpu)),
-            server,
-            compared=False,
+        Row("ceiling", "ceiling: sync REP echo", ceiling, _loadgen(EXPECT_ECHO)),
+        *(
+            Row(
+                spec.key,
+                spec.label,
+                functools.partial(stack, spec.replicas, spec.nginx, (*extra, *spec.args)),
+                server,
+                compared=spec.compared,
+            )
+            for spec in server_rows(work_ms)
         ),
     ]
 
@@ -344,7 +332,8 @@ def collect(args: argparse.Namespace) -> Report:
     rows = all_rows(args.work_ms, shlex.split(args.server_args))
     rows = [row for row in rows if row.key in args.rows]
     if nginx.binary() is None:
-        skipped = [row.key for row in rows if row.key.startswith("nginx")]
+        behind_nginx = {spec.key for spec in server_rows(args.work_ms) if spec.nginx}
+        skipped = [row.key for row in rows if row.key in behind_nginx]
         if skipped:
             print(f"skipped {', '.join(skipped)}: nginx is not installed", file=sys.stderr)
         rows = [row for row in rows if row.key not in skipped]

@@ -43,3 +43,8 @@ def test_only_the_rows_doing_the_ceilings_work_are_compared_with_it() -> None:
     # The work rows and the CPU-bound handler's do other work than the echo.
     uncompared = [row.key for row in rows if not row.compared]
     assert uncompared == ["router-work", "rep-work", "hash", "hash-threads", "hash-2"]
+
+
+def test_the_rows_behind_nginx_are_the_ones_skipped_without_it() -> None:
+    behind_nginx = [spec.key for spec in run.server_rows(20.0) if spec.nginx]
+    assert behind_nginx == ["nginx", "nginx-3", "hash-2"]
