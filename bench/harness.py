@@ -107,9 +107,12 @@ def window_command(started: Started, callers: int, window: Window) -> list[str]:
     return argv
 
 
-async def run_load(row: Row, started: Started, callers: int, window: Window) -> LoadResult:
-    """One measurement: a fresh load process for ``row`` at ``callers``."""
-    command = [*row.load(started), *window_command(started, callers, window)]
+async def run_load(
+    load: Sequence[str], started: Started, callers: int, window: Window
+) -> LoadResult:
+    """One measurement: a fresh load process (``load``, before the window flags) against
+    what was ``started``, at ``callers``."""
+    command = [*load, *window_command(started, callers, window)]
     timeout_s = window.warmup_s + window.duration_s + LOAD_SLACK_S
     return LoadResult(**await run_json(command, timeout_s))
 
@@ -131,7 +134,7 @@ async def measure(rows: Sequence[Row], window: Window, verbose: bool = False) ->
             try:
                 async with row.start() as started:
                     for callers in window.callers:
-                        result = await run_load(row, started, callers, window)
+                        result = await run_load(row.load(started), started, callers, window)
                         measured.results.setdefault((row.key, callers), []).append(result)
                         if verbose:
                             print(

@@ -107,19 +107,13 @@ async def run_json(command: Sequence[str], timeout_s: float) -> dict[str, Any]:
     try:
         out, err = await asyncio.wait_for(process.communicate(), timeout_s)
     except TimeoutError:
-        await _kill(process)
+        await terminate(process, signal.SIGKILL)
         raise BenchError(f"did not finish within {timeout_s:g} s: {shlex.join(command)}") from None
     except BaseException:  # cancelled (Ctrl-C): the measuring process does not outlive us
-        await _kill(process)
+        await terminate(process, signal.SIGKILL)
         raise
     if process.returncode != 0:
         tail = err.decode(errors="replace")[-TAIL_CHARS:]
         raise BenchError(f"failed ({process.returncode}): {shlex.join(command)}: {tail}")
     fields: dict[str, Any] = json.loads(out)
     return fields
-
-
-async def _kill(process: asyncio.subprocess.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        process.kill()
-    await process.wait()

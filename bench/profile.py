@@ -29,7 +29,6 @@ from pathlib import Path
 from bench import harness
 from bench.harness import Started, Window
 from bench.loadgen import command as loadgen_command
-from bench.processes import run_json
 from bench.recorder import LoadResult
 from reqrep import cli
 from reqrep.stack import LocalStack
@@ -91,11 +90,9 @@ async def profile(args: argparse.Namespace, pyspy: str, out: Path) -> str:
 
 async def _load(endpoint: str, pid: int, args: argparse.Namespace) -> LoadResult:
     """The load generator against the replica while py-spy records it."""
-    started = Started([endpoint], [pid])
     window = Window((args.callers,), args.duration_s, PYSPY_SETTLE_S, 1)
-    command = loadgen_command(started.endpoints)
-    command += harness.window_command(started, args.callers, window)
-    return LoadResult(**await run_json(command, args.duration_s + harness.LOAD_SLACK_S))
+    load = loadgen_command([endpoint])
+    return await harness.run_load(load, Started([endpoint], [pid]), args.callers, window)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
