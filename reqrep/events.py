@@ -52,11 +52,6 @@ SERVER_WATCHED: Final = (
 )
 # A refused handshake, by kind (a metrics label): one of these.
 REFUSAL_KINDS: Final = ("auth", "key", "mechanism", "protocol")
-HANDSHAKE_FAILURES: Final = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH,
-)
 
 
 # A connection that was up, over which no reply came.

@@ -30,7 +30,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, cast
 
 from reqrep.errors import HandlerLoadError
 from reqrep.protocol import Request
@@ -138,10 +138,7 @@ def load(spec: str, app_dir: str | None = None) -> Prepared:
             raise HandlerLoadError(
                 f"handler module {module_name!r} has no attribute {attrs!r}"
             ) from None
-    if not callable(target):
-        kind = type(target).__name__
-        raise HandlerLoadError(f"handler {spec!r} is not callable (its type is {kind})")
-    return prepare(target, spec)
+    return prepare(cast(Handler, target), spec)  # HandlerLoadError if it is not callable
 
 
 def _is_prefix(missing: str, module_name: str) -> bool:
