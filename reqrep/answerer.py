@@ -100,13 +100,7 @@ class Answerer:
 
     def answer_default(self, frames: list[bytes], peer: bytes) -> list[bytes]:
         """The default handler's reply (an empty body), without building a ``Request``."""
-        self.served += 1
-        if self._debug:
-            logger.debug("Request received from peer %s", _peer_label(peer))
-        reply, fault = protocol.respond(frames, self._name, self._max_message_bytes)
-        if fault is not None:
-            self._log_invalid(fault, peer)
-        return reply
+        return self._refusal(frames, peer) or protocol.ok_reply(self._name)
 
     def answer_sync(self, frames: list[bytes], peer: bytes) -> list[bytes]:
         """A synchronous handler's reply, the handler called here and now.

@@ -27,6 +27,7 @@ _SNDMORE: Final = int(zmq.SNDMORE)
 Receive = Callable[["zmq.Socket[Any]"], list[bytes]]
 Wait = Callable[["zmq.Socket[Any]"], list[bytes]]
 Send = Callable[["zmq.Socket[Any]", list[bytes]], None]
+SendFrame = Callable[["zmq.Socket[Any]", bytes, int], Any]
 
 
 def recv_public(sock: zmq.Socket[Any], flags: int = _NOBLOCK) -> list[bytes]:
@@ -48,12 +49,24 @@ def send_public(sock: zmq.Socket[Any], frames: list[bytes]) -> None:
     sock.send_multipart(frames)
 
 
-def send_or_again_public(sock: zmq.Socket[Any], frames: list[bytes]) -> None:
-    """Queue a multipart message now, or raise ``zmq.Again`` having queued none of it."""
-    last = len(frames) - 1
-    sock.send(frames[0], _NOBLOCK | (_SNDMORE if last else 0))
-    for index in range(1, last + 1):  # once the first frame is in, the rest always is
-        sock.send(frames[index], _SNDMORE if index < last else 0)
+def sending_or_again(send_frame: SendFrame) -> Send:
+    """Queue a multipart message now, or raise ``zmq.Again`` having queued none of it: the
+    first frame without blocking, the rest after it, each through ``send_frame``."""
+
+    def send_or_again(sock: zmq.Socket[Any], frames: list[bytes]) -> None:
+        last = len(frames) - 1
+        send_frame(sock, frames[0], _NOBLOCK | (_SNDMORE if last else 0))
+        for index in range(1, last + 1):  # once the first frame is in, the rest always is
+            send_frame(sock, frames[index], _SNDMORE if index < last else 0)
+
+    return send_or_again
+
+
+def _send_frame_public(sock: zmq.Socket[Any], frame: bytes, flags: int) -> None:
+    sock.send(frame, flags)
+
+
+send_or_again_public: Final = sending_or_again(_send_frame_public)
 
 
 def _fast_path() -> tuple[Receive, Wait, Send, Send] | None:
@@ -82,13 +95,7 @@ def _fast_path() -> tuple[Receive, Wait, Send, Send] | None:
             send_frame(sock, frame, _SNDMORE)
         send_frame(sock, frames[-1])
 
-    def send_or_again_fast(sock: zmq.Socket[Any], frames: list[bytes]) -> None:
-        last = len(frames) - 1
-        send_frame(sock, frames[0], _NOBLOCK | (_SNDMORE if last else 0))
-        for index in range(1, last + 1):  # once the first frame is in, the rest always is
-            send_frame(sock, frames[index], _SNDMORE if index < last else 0)
-
-    return recv_fast, recv_wait_fast, send_fast, send_or_again_fast
+    return recv_fast, recv_wait_fast, send_fast, sending_or_again(send_frame)
 
 
 _fast = _fast_path()

@@ -275,7 +275,7 @@ def respond(
     frames: Sequence[bytes], replica: bytes, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> tuple[list[bytes], Fault | None]:
     """The default handler's reply to a request's frames (an empty body), and its fault if it
-    was malformed. The server's fast path: no ``Request`` is built."""
+    was malformed, without building a ``Request``."""
     fault = request_fault(frames, max_message_bytes)
     if fault is not None:
         return invalid_reply(replica, fault.reason), fault
