@@ -71,16 +71,22 @@ def add_setting(
         value = effective = text
     else:
         value, effective = built_in, shown or built_in
-    where = f"from env {env}" if text else f"env {env}"
     if type is not None:
         options["type"] = type
     return parser.add_argument(
         *flags,
         dest=name,
         default=value,
-        help=f"{help} ({where}; default {effective})",
+        help=f"{help} ({default_note(env, text, effective)})",
         **options,
     )
+
+
+def default_note(env: str, text: str | None, effective: object) -> str:
+    """What ``--help`` says of a flag's default: its variable, and the value in effect
+    (``text``, the variable's value, when it is set)."""
+    where = f"from env {env}" if text else f"env {env}"
+    return f"{where}; default {effective}"
 
 
 class _Repeated(argparse.Action):
@@ -202,7 +208,7 @@ def add_log_level(parser: argparse.ArgumentParser, built_in: str) -> None:
         default=text or built_in,
         metavar="LEVEL",
         help=f"logging level: {', '.join(LOG_LEVELS)}, any case "
-        f"({'from ' if text else ''}env {LOG_LEVEL_ENV}; default {text or built_in})",
+        f"({default_note(LOG_LEVEL_ENV, text, text or built_in)})",
     )
 
 
@@ -220,6 +226,9 @@ def setup_logging(level: str, program: str) -> None:
 
 def add_client_flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
     """The flags every client of a run shares; returned so run_clients.py can pass them on."""
+    tries_env = env_name(ClientConfig, "tries")
+    tries_text = os.environ.get(tries_env)
+    tries_effective = tries_text or default(ClientConfig, "tries")
     return [
         add_setting(
             parser,
@@ -266,8 +275,7 @@ def add_client_flags(parser: argparse.ArgumentParser) -> list[argparse.Action]:
             "--tries",
             type=int_at_least(1),
             help="tries per request, the first included: 1 means no retry "
-            f"(env {env_name(ClientConfig, 'tries')}; "
-            f"default {os.environ.get('CLIENT_TRIES') or default(ClientConfig, 'tries')})",
+            f"({default_note(tries_env, tries_text, tries_effective)})",
         ),
     ]
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from reqrep import protocol
 from reqrep.config import setting
 from reqrep.report import ClientOutcome, ClientReport, Summary
 from reqrep.stack import LocalStack
@@ -147,10 +148,10 @@ async def run(plan: RunPlan) -> Summary:
 # The summary's count columns: the seed's two statuses always; the server's failures only
 # when some reply had one, so a run with the default handler looks as it always did.
 STATUS_COLUMNS = (
-    ("Server response", "server_response"),
-    ("Invalid message", "invalid_message"),
-    ("Server error", "server_error"),
-    ("Server timeout", "server_timeout"),
+    (protocol.SERVER_RESPONSE_TEXT, "server_response"),
+    (protocol.INVALID_MESSAGE_TEXT, "invalid_message"),
+    (protocol.SERVER_ERROR_TEXT, "server_error"),
+    (protocol.SERVER_TIMEOUT_TEXT, "server_timeout"),
 )
 
 

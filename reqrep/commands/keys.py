@@ -33,8 +33,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--dir",
         type=Path,
         default=Path(from_env or DEFAULT_DIR),
-        help=f"where to write the key pairs ({'from ' if from_env else ''}env {KEYS_DIR_ENV}; "
-        f"default {from_env or DEFAULT_DIR})",
+        help="where to write the key pairs "
+        f"({cli.default_note(KEYS_DIR_ENV, from_env, from_env or DEFAULT_DIR)})",
     )
     gen.add_argument(
         "--authorize",
