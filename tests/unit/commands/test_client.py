@@ -12,20 +12,6 @@ from reqrep.commands import client
 from reqrep.config import ClientConfig, RequestPlan
 from tests.support import run_entry_point
 
-SETTINGS = [
-    "SERVER_CONNECT",
-    "CLIENT_TRIES",
-    "CLIENT_RETRIES",
-    "CLIENT_ADDRESS",
-    "CLIENT_TIMEOUT_MS",
-]
-
-
-@pytest.fixture(autouse=True)
-def no_client_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in SETTINGS:
-        monkeypatch.delenv(name, raising=False)
-
 
 def test_defaults_are_the_config_dataclasses() -> None:
     args = client.parse_args(["--address", "me"])

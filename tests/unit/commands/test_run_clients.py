@@ -53,10 +53,7 @@ def test_docker_mode_needs_the_compose_file_in_the_current_directory(
     assert "no docker-compose.yml in the current directory" in capsys.readouterr().err
 
 
-def test_client_flags_are_passed_on_and_endpoints_only_when_given(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.delenv("SERVER_CONNECT", raising=False)
+def test_client_flags_are_passed_on_and_endpoints_only_when_given() -> None:
     _, plan = run_clients.parse_args(["--requests", "3", "--tries", "2"])
     assert "--connect" not in plan.client_args
     assert plan.client_args[:2] == ["--requests", "3"]

@@ -12,22 +12,6 @@ from reqrep.commands import server
 from reqrep.config import ServerConfig
 from tests.support import run_entry_point
 
-SETTINGS = [
-    "SERVER_BIND",
-    "SERVER_WORK_MS",
-    "SERVER_NAME",
-    "SERVER_HANDLER",
-    "SERVER_GRACE_S",
-    "SERVER_METRICS_PORT",
-    "LOG_LEVEL",
-]
-
-
-@pytest.fixture(autouse=True)
-def no_server_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in SETTINGS:
-        monkeypatch.delenv(name, raising=False)
-
 
 def test_defaults_are_the_config_dataclass() -> None:
     config = cli.config_from_args(ServerConfig, server.parse_args(["--name", "x"]))
