@@ -2,6 +2,7 @@
 
 - the settings of the config dataclasses and their environment variables
   (``config_settings``, ``config_variables``, ``command_variables``);
+- a command line's usage error: exit status 2 and its message (``usage_error``);
 - servers in the test's own event loop (``RunningServer``, ``terminate``);
 - running the project's scripts (``run_script``) and reading their output
   (``seed_lines``, ``lines_per_client``);
@@ -96,6 +97,17 @@ def command_variables() -> list[str]:
     """Every environment variable the commands read: what a test clears to see the
     defaults of the config dataclasses, whatever the machine has set."""
     return [*config_variables(*CONFIG_CLASSES), *OTHER_VARIABLES]
+
+
+def usage_error(
+    capsys: pytest.CaptureFixture[str], parse: Callable[[Sequence[str]], object], *argv: str
+) -> str:
+    """What ``parse(argv)`` wrote to stderr, once it has exited with status 2 (argparse's
+    usage error)."""
+    with pytest.raises(SystemExit) as exited:
+        parse(argv)
+    assert exited.value.code == 2
+    return capsys.readouterr().err
 
 
 # --- servers in the test's own event loop ----------------------------------------

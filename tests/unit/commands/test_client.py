@@ -10,7 +10,7 @@ import pytest
 from reqrep import cli
 from reqrep.commands import client
 from reqrep.config import ClientConfig, RequestPlan
-from tests.support import run_entry_point
+from tests.support import run_entry_point, usage_error
 
 
 def test_defaults_are_the_config_dataclasses() -> None:
@@ -57,10 +57,7 @@ def test_deprecated_retries_still_counts_tries_and_warns(
 def test_bad_arguments_are_usage_errors(
     argv: list[str], complaint: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        client.parse_args(argv)
-    assert exit_info.value.code == 2
-    assert complaint in capsys.readouterr().err
+    assert complaint in usage_error(capsys, client.parse_args, *argv)
 
 
 @pytest.mark.parametrize(
