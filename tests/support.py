@@ -1,5 +1,8 @@
 """What the tests share: helpers, never fixtures (those are in conftest.py) and never tests.
 
+- the settings of the config dataclasses and their environment variables
+  (``config_settings``, ``config_variables``, ``command_variables``);
+- a command line's usage error: exit status 2 and its message (``usage_error``);
 - servers in the test's own event loop (``RunningServer``, ``terminate``);
 - running the project's scripts (``run_script``) and reading their output
   (``seed_lines``, ``lines_per_client``);
@@ -36,7 +39,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +48,66 @@ import zmq
 import zmq.asyncio
 
 from reqrep import nginx, protocol
+from reqrep.channel import ChannelConfig
 from reqrep.client import Client
-from reqrep.config import ClientConfig, default
+from reqrep.config import (
+    LOG_LEVEL_ENV,
+    ClientConfig,
+    RequestPlan,
+    ServerConfig,
+    default,
+    env_name,
+)
 from reqrep.errors import RequestTimeout, StackError
+from reqrep.keys import KEYS_DIR_ENV
 from reqrep.report import percentile
-from reqrep.runner import compose_command
+from reqrep.runner import RunPlan, compose_command
 from reqrep.server import Server
 from reqrep.stack import Replica, free_port, wait_listening
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+# --- settings: the config dataclasses' fields and their environment variables ----
+
+# Every dataclass with fields that are settings (``reqrep.config.setting``, metadata "env").
+CONFIG_CLASSES: tuple[type[Any], ...] = (
+    ServerConfig,
+    ClientConfig,
+    ChannelConfig,
+    RequestPlan,
+    RunPlan,
+)
+# What the commands read besides those fields: the log level, the deprecated name of
+# CLIENT_TRIES, and ``reqrep keys``'s directory.
+OTHER_VARIABLES = (LOG_LEVEL_ENV, "CLIENT_RETRIES", KEYS_DIR_ENV)
+
+
+def config_settings(*classes: type[Any]) -> list[tuple[type[Any], str]]:
+    """Every field of ``classes`` that is a setting (RunPlan holds other things too)."""
+    return [(cls, item.name) for cls in classes for item in fields(cls) if "env" in item.metadata]
+
+
+def config_variables(*classes: type[Any]) -> list[str]:
+    """The environment variable of every setting of ``classes``, each once, in order."""
+    return list(dict.fromkeys(env_name(cls, name) for cls, name in config_settings(*classes)))
+
+
+def command_variables() -> list[str]:
+    """Every environment variable the commands read: what a test clears to see the
+    defaults of the config dataclasses, whatever the machine has set."""
+    return [*config_variables(*CONFIG_CLASSES), *OTHER_VARIABLES]
+
+
+def usage_error(
+    capsys: pytest.CaptureFixture[str], parse: Callable[[Sequence[str]], object], *argv: str
+) -> str:
+    """What ``parse(argv)`` wrote to stderr, once it has exited with status 2 (argparse's
+    usage error)."""
+    with pytest.raises(SystemExit) as exited:
+        parse(argv)
+    assert exited.value.code == 2
+    return capsys.readouterr().err
 
 
 # --- servers in the test's own event loop ----------------------------------------

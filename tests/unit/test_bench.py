@@ -5,19 +5,13 @@ from __future__ import annotations
 import pytest
 
 from bench import run
-
-
-def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    with pytest.raises(SystemExit) as exited:
-        run.parse_args(argv)
-    assert exited.value.code == 2
-    return capsys.readouterr().err
+from tests.support import usage_error
 
 
 def test_an_unknown_row_is_a_usage_error_naming_the_known_ones(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    error = usage_error(capsys, "--rows", "bogus")
+    error = usage_error(capsys, run.parse_args, "--rows", "bogus")
     assert "unknown rows bogus" in error
     assert "ceiling, direct, nginx, nginx-3, router-work, rep-work" in error
 
@@ -28,7 +22,7 @@ def test_an_unknown_row_is_a_usage_error_naming_the_known_ones(
 def test_bad_values_and_old_flags_are_usage_errors(
     capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
 ) -> None:
-    usage_error(capsys, *argv)
+    usage_error(capsys, run.parse_args, *argv)
 
 
 def test_rows_keep_their_order_and_quick_shortens_the_window() -> None:

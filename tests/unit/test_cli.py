@@ -10,6 +10,7 @@ import pytest
 
 from reqrep import cli
 from reqrep.config import setting
+from tests.support import usage_error
 
 
 @pytest.mark.parametrize(
@@ -106,10 +107,7 @@ def test_a_bad_value_from_the_environment_is_a_usage_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("EXAMPLE_COUNT", "many")
-    with pytest.raises(SystemExit) as exit_info:
-        example_parser().parse_args([])
-    assert exit_info.value.code == 2
-    assert "'many'" in capsys.readouterr().err
+    assert "'many'" in usage_error(capsys, example_parser().parse_args)
 
 
 def test_given_sees_a_flag_in_both_spellings_and_no_abbreviation_is_taken() -> None:

@@ -3,28 +3,13 @@ docs/docker.md's table of variables says the same."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import pytest
 
-from reqrep.channel import ChannelConfig
 from reqrep.client import immediate
-from reqrep.config import ClientConfig, RequestPlan, ServerConfig, default, env_name
-from reqrep.runner import RunPlan
-from tests.support import PROJECT_DIR
-
-CONFIGS = (ServerConfig, ClientConfig, ChannelConfig, RequestPlan, RunPlan)
-
-
-def settings() -> list[tuple[type, str]]:
-    """Every field that is a setting (RunPlan holds other things too)."""
-    return [
-        (cls, item.name)
-        for cls in CONFIGS
-        for item in dataclasses.fields(cls)
-        if "env" in item.metadata
-    ]
+from reqrep.config import default, env_name
+from tests.support import CONFIG_CLASSES, PROJECT_DIR, config_settings
 
 
 def documented() -> dict[str, str]:
@@ -33,7 +18,7 @@ def documented() -> dict[str, str]:
     return dict(re.findall(r"^\| `([A-Z_]+)` \| [^|]+ \| ([^|]+) \|", text, re.MULTILINE))
 
 
-@pytest.mark.parametrize(("cls", "name"), settings())
+@pytest.mark.parametrize(("cls", "name"), config_settings(*CONFIG_CLASSES))
 def test_every_setting_names_its_variable_and_the_docs_give_its_default(
     cls: type, name: str
 ) -> None:
@@ -51,7 +36,7 @@ def test_every_setting_names_its_variable_and_the_docs_give_its_default(
 def test_a_variable_means_one_thing_wherever_it_is_read() -> None:
     """A Channel's settings are a Client's, plus its own: the same variables, the same defaults."""
     by_variable: dict[str, object] = {}
-    for cls, name in settings():
+    for cls, name in config_settings(*CONFIG_CLASSES):
         if name in ("name", "address"):
             continue
         value = default(cls, name)

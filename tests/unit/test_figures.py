@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bench import figures
+from tests.support import usage_error
 
 PAGE = """# Title
 
@@ -43,7 +44,4 @@ def test_docs_without_the_blocks_are_a_usage_error_before_any_run(
 ) -> None:
     (tmp_path / "performance.md").write_text(PAGE)
     (tmp_path / "peers.md").write_text("# Peers\n")
-    with pytest.raises(SystemExit) as exited:
-        figures.parse_args(["--docs", str(tmp_path)])
-    assert exited.value.code == 2
-    assert "peers.md" in capsys.readouterr().err
+    assert "peers.md" in usage_error(capsys, figures.parse_args, "--docs", str(tmp_path))

@@ -3,21 +3,11 @@ without running anything: every system is wired to a server and a client; usage 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 import pytest
 
 from bench import peer_clients, peer_servers, peers
 from bench.harness import Started
-
-
-def usage_error(
-    capsys: pytest.CaptureFixture[str], parse: Callable[[Sequence[str]], object], *argv: str
-) -> str:
-    with pytest.raises(SystemExit) as exited:
-        parse(argv)
-    assert exited.value.code == 2
-    return capsys.readouterr().err
+from tests.support import usage_error
 
 
 def test_every_system_has_a_server_and_a_driver_for_its_callers() -> None:

@@ -10,23 +10,7 @@ import pytest
 from reqrep import cli
 from reqrep.commands import server
 from reqrep.config import ServerConfig
-from tests.support import run_entry_point
-
-SETTINGS = [
-    "SERVER_BIND",
-    "SERVER_WORK_MS",
-    "SERVER_NAME",
-    "SERVER_HANDLER",
-    "SERVER_GRACE_S",
-    "SERVER_METRICS_PORT",
-    "LOG_LEVEL",
-]
-
-
-@pytest.fixture(autouse=True)
-def no_server_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in SETTINGS:
-        monkeypatch.delenv(name, raising=False)
+from tests.support import run_entry_point, usage_error
 
 
 def test_defaults_are_the_config_dataclass() -> None:
@@ -79,10 +63,7 @@ def test_the_metrics_port_is_off_by_default_and_taken_from_flag_or_variable(
 def test_bad_values_and_combinations_are_usage_errors(
     argv: list[str], complaint: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        server.parse_args(argv)
-    assert exit_info.value.code == 2
-    assert complaint in capsys.readouterr().err
+    assert complaint in usage_error(capsys, server.parse_args, *argv)
 
 
 @pytest.mark.parametrize(
