@@ -275,9 +275,13 @@ async def test_bind_failure_is_reported_with_exit_status_1() -> None:
 
 # --- the user's handler -------------------------------------------------------------------
 
+# What ``blocking`` writes to its replica's log (stderr) just before it blocks its thread.
+BLOCKING = "userhandlers.blocking: blocking the thread now"
+
 # A handler module outside the repository, put on PYTHONPATH for the server processes below.
-HANDLERS_MODULE = """
+HANDLERS_MODULE = f"""
 import asyncio
+import sys
 import time
 
 
@@ -296,6 +300,7 @@ def broken(request):
 
 def blocking(request):
     if request.data == b"block":
+        print({BLOCKING!r}, file=sys.stderr, flush=True)
         time.sleep(1.0)
     return b"done " + request.data
 """
@@ -524,8 +529,7 @@ async def test_a_blocking_handler_in_threads_leaves_the_replica_answering_and_dr
         replica = stack.replicas[0]
         async with asyncio.timeout(TIMEOUT_S):
             blocked = asyncio.create_task(make_client(stack.endpoints).call(b"block"))
-            await wait_for_log(replica, "Server", count=1)
-            await asyncio.sleep(0.1)  # the blocking request has reached its thread
+            await wait_for_log(replica, BLOCKING)  # the blocking request holds its thread
             started = time.perf_counter()
             pinged = await make_client(stack.endpoints, timeout_ms=500, tries=1).ping()
             ping_s = time.perf_counter() - started
