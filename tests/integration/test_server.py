@@ -456,12 +456,17 @@ async def test_every_request_gets_exactly_one_reply_whatever_its_handler_does(
 async def test_a_stop_cancels_what_outlives_the_grace_period_and_answers_it(
     start_server: Callable[..., Any], make_client: Callable[..., Client]
 ) -> None:
-    server = await start_server(slow_async, grace_s=0.2)
+    started = asyncio.Event()
+
+    async def slow_once_started(request: Request) -> bytes:
+        started.set()
+        return await slow_async(request)
+
+    server = await start_server(slow_once_started, grace_s=0.2)
     client = make_client([server.endpoint], timeout_ms=5000, tries=1)
     async with asyncio.timeout(TIMEOUT_S):
         pending = asyncio.create_task(client.request(protocol.encode_request("c", b"30")))
-        while server.server.requests_served < 1:
-            await asyncio.sleep(0.01)  # the request is in; no event tells the test
+        await started.wait()  # the request is in its handler
         await server.stop()
         reply = await pending
     assert reply.status == "Server error"
