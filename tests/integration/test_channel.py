@@ -187,8 +187,8 @@ def live_objects() -> int:
     return len(gc.get_objects())
 
 
-async def test_no_server_fails_each_request_saying_so(make_channel_endpoint: str) -> None:
-    async with channel([make_channel_endpoint], timeout_ms=100, tries=2) as opened:
+async def test_no_server_fails_each_request_saying_so() -> None:
+    async with channel([f"tcp://127.0.0.1:{free_port()}"], timeout_ms=100, tries=2) as opened:
         async with asyncio.timeout(TIMEOUT_S):
             results = await asyncio.gather(
                 *(opened.call(b"x") for _ in range(10)), return_exceptions=True
@@ -196,11 +196,6 @@ async def test_no_server_fails_each_request_saying_so(make_channel_endpoint: str
         assert opened.pending == 0
     assert all(isinstance(r, ConnectFailed) for r in results)
     assert "nothing accepted the connection" in str(results[0])
-
-
-@pytest.fixture
-def make_channel_endpoint() -> str:
-    return f"tcp://127.0.0.1:{free_port()}"
 
 
 async def test_a_closed_channel_refuses_and_fails_what_was_pending(
