@@ -3,7 +3,8 @@
 - the settings of the config dataclasses and their environment variables
   (``config_settings``, ``config_variables``, ``command_variables``);
 - a command line's usage error: exit status 2 and its message (``usage_error``);
-- servers in the test's own event loop (``RunningServer``, ``terminate``);
+- servers in the test's own event loop (``RunningServer``, ``terminate``), and one
+  that takes requests and never answers (``silent_router``);
 - running the project's scripts (``run_script``) and reading their output
   (``seed_lines``, ``lines_per_client``);
 - nginx configs: their statements (``nginx_statements``), ``nginx -t`` in the
@@ -139,6 +140,51 @@ class RunningServer:
     async def stop(self) -> None:
         self.server.stop()
         await asyncio.wait_for(self.server.wait_closed(), STOP_TIMEOUT_S)
+
+
+@dataclass
+class SilentRouter:
+    """What a ``silent_router`` has taken: how many requests, and each (if it keeps them)."""
+
+    endpoint: str
+    count: int = 0
+    received: list[list[bytes]] = field(default_factory=list)
+    # Set whenever a request comes; ``received_at_least`` clears it to wait again.
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def received_at_least(self, count: int) -> None:
+        """Return once ``count`` requests have come (the caller bounds the wait)."""
+        while self.count < count:
+            self.arrived.clear()
+            await self.arrived.wait()
+
+
+@contextlib.asynccontextmanager
+async def silent_router(
+    context: zmq.asyncio.Context, keep: bool = True
+) -> AsyncIterator[SilentRouter]:
+    """A ROUTER on a loopback port that takes every request and never answers; what it took
+    is counted, and kept in ``received`` if ``keep``."""
+    sock = context.socket(zmq.ROUTER)
+    try:
+        router = SilentRouter(f"tcp://127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}")
+
+        async def take() -> None:
+            while True:
+                message = await sock.recv_multipart()
+                router.count += 1
+                if keep:
+                    router.received.append(message)
+                router.arrived.set()
+
+        reader = asyncio.create_task(take())
+        try:
+            yield router
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+    finally:
+        sock.close(linger=0)
 
 
 async def wait_for_log(replica: Replica, text: str, count: int = 1) -> None:

@@ -32,7 +32,7 @@ from reqrep.errors import (
 from reqrep.events import SILENT
 from reqrep.protocol import Request
 from reqrep.stack import LocalStack, free_port
-from tests.support import needs_nginx
+from tests.support import needs_nginx, silent_router
 
 TIMEOUT_S = 20.0
 
@@ -42,31 +42,6 @@ async def channel(endpoints: list[str], **settings: Any) -> AsyncIterator[Channe
     config = replace(ChannelConfig(endpoints=tuple(endpoints)), **settings)
     async with Channel(config) as opened:
         yield opened
-
-
-@asynccontextmanager
-async def silent_router(
-    context: zmq.asyncio.Context, keep: bool = True
-) -> AsyncIterator[tuple[str, list[list[bytes]]]]:
-    """A ROUTER that takes every request and never answers; yields its endpoint and what came
-    (if ``keep``)."""
-    sock = context.socket(zmq.ROUTER)
-    received: list[list[bytes]] = []
-
-    async def take() -> None:
-        while True:
-            message = await sock.recv_multipart()
-            if keep:
-                received.append(message)
-
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    reader = asyncio.create_task(take())
-    try:
-        yield f"tcp://127.0.0.1:{port}", received
-    finally:
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
-        sock.close(linger=0)
 
 
 async def test_many_requests_on_one_channel_each_get_their_own_reply(
@@ -107,28 +82,28 @@ async def test_a_try_that_times_out_is_sent_again_with_the_same_id(
     context: zmq.asyncio.Context,
 ) -> None:
     async with (
-        silent_router(context) as (endpoint, received),
-        channel([endpoint], timeout_ms=100, tries=3) as opened,
+        silent_router(context) as router,
+        channel([router.endpoint], timeout_ms=100, tries=3) as opened,
     ):
         async with asyncio.timeout(TIMEOUT_S):
             with pytest.raises(RequestTimeout) as raised:
                 await opened.call(b"x")
         assert opened.pending == 0
-    assert len(received) == 3
-    assert len({tuple(message[1:]) for message in received}) == 1  # same id, same request
+    assert len(router.received) == 3
+    assert len({tuple(message[1:]) for message in router.received}) == 1  # same id, same request
     assert raised.value.tries == 3
     assert raised.value.reason == SILENT
 
 
 async def test_a_request_that_is_not_idempotent_is_sent_once(context: zmq.asyncio.Context) -> None:
     async with (
-        silent_router(context) as (endpoint, received),
-        channel([endpoint], timeout_ms=100, tries=3) as opened,
+        silent_router(context) as router,
+        channel([router.endpoint], timeout_ms=100, tries=3) as opened,
     ):
         async with asyncio.timeout(TIMEOUT_S):
             with pytest.raises(RequestTimeout):
                 await opened.call(b"x", idempotent=False)
-    assert len(received) == 1
+    assert len(router.received) == 1
 
 
 async def test_a_late_reply_to_an_earlier_try_is_dropped(context: zmq.asyncio.Context) -> None:
@@ -160,13 +135,12 @@ async def test_a_late_reply_to_an_earlier_try_is_dropped(context: zmq.asyncio.Co
 
 async def test_a_cancelled_request_leaves_nothing_behind(context: zmq.asyncio.Context) -> None:
     async with (
-        silent_router(context) as (endpoint, received),
-        channel([endpoint], timeout_ms=10_000) as opened,
+        silent_router(context) as router,
+        channel([router.endpoint], timeout_ms=10_000) as opened,
     ):
         pending = [asyncio.create_task(opened.call(b"x")) for _ in range(50)]
         async with asyncio.timeout(TIMEOUT_S):
-            while len(received) < 50:
-                await asyncio.sleep(0.01)  # the requests are out; no event says so
+            await router.received_at_least(50)  # the requests are out
             for task in pending:
                 task.cancel()
             results = await asyncio.gather(*pending, return_exceptions=True)
@@ -178,8 +152,8 @@ async def test_100k_timed_out_requests_leave_memory_flat(context: zmq.asyncio.Co
     """aiozmq's issue #100 leaked every timed-out request; here each is forgotten at once."""
     batch, rounds = 5000, 20
     async with (
-        silent_router(context, keep=False) as (endpoint, _),
-        channel([endpoint], timeout_ms=20, tries=1) as opened,
+        silent_router(context, keep=False) as router,
+        channel([router.endpoint], timeout_ms=20, tries=1) as opened,
     ):
 
         async def one_round() -> None:
@@ -213,8 +187,8 @@ def live_objects() -> int:
     return len(gc.get_objects())
 
 
-async def test_no_server_fails_each_request_saying_so(make_channel_endpoint: str) -> None:
-    async with channel([make_channel_endpoint], timeout_ms=100, tries=2) as opened:
+async def test_no_server_fails_each_request_saying_so() -> None:
+    async with channel([f"tcp://127.0.0.1:{free_port()}"], timeout_ms=100, tries=2) as opened:
         async with asyncio.timeout(TIMEOUT_S):
             results = await asyncio.gather(
                 *(opened.call(b"x") for _ in range(10)), return_exceptions=True
@@ -224,23 +198,17 @@ async def test_no_server_fails_each_request_saying_so(make_channel_endpoint: str
     assert "nothing accepted the connection" in str(results[0])
 
 
-@pytest.fixture
-def make_channel_endpoint() -> str:
-    return f"tcp://127.0.0.1:{free_port()}"
-
-
 async def test_a_closed_channel_refuses_and_fails_what_was_pending(
     context: zmq.asyncio.Context,
 ) -> None:
-    async with silent_router(context) as (endpoint, received):
-        opened = Channel(ChannelConfig(endpoints=(endpoint,)))
+    async with silent_router(context) as router:
+        opened = Channel(ChannelConfig(endpoints=(router.endpoint,)))
         with pytest.raises(ChannelClosed, match="not open"):
             await opened.call(b"x")
         opened.open()
         pending = asyncio.create_task(opened.call(b"x"))
         async with asyncio.timeout(TIMEOUT_S):
-            while not received:
-                await asyncio.sleep(0.01)
+            await router.received_at_least(1)
             opened.close()
             with pytest.raises(ChannelClosed, match="closed"):
                 await pending
@@ -280,23 +248,28 @@ async def test_a_replica_killed_under_load_loses_nothing() -> None:
         channel(stack.endpoints, timeout_ms=5000, tries=3) as opened,
     ):
         answered: list[str] = []
+        replied = asyncio.Event()  # set whenever a caller gets a reply
         stop = asyncio.Event()
 
         async def caller() -> None:
             while not stop.is_set():
                 reply = await opened.request(protocol.encode_request("c", b"x"))
                 answered.append(reply.replica)
+                replied.set()
+
+        async def until(condition: Callable[[], bool]) -> None:
+            while not condition():
+                replied.clear()
+                await replied.wait()
 
         async with asyncio.timeout(TIMEOUT_S):
             callers = [asyncio.create_task(caller()) for _ in range(16)]
-            while len(answered) < 200:
-                await asyncio.sleep(0.01)
+            await until(lambda: len(answered) >= 200)
             victim = next(r for r in stack.replicas if r.name == answered[-1])
             killed_at = time.monotonic()
             victim.process.send_signal(signal.SIGKILL)
             mark = len(answered)
-            while not any(name != victim.name for name in answered[mark:]):
-                await asyncio.sleep(0.01)
+            await until(lambda: any(name != victim.name for name in answered[mark:]))
             stall_s = time.monotonic() - killed_at
             stop.set()
             await asyncio.gather(*callers)  # any lost request would raise here

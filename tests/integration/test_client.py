@@ -19,7 +19,7 @@ from reqrep.client import Client
 from reqrep.config import ClientConfig
 from reqrep.errors import ConnectFailed, EndpointError, RequestTimeout
 from reqrep.stack import LocalStack, free_port
-from tests.support import run_script, seed_lines
+from tests.support import run_script, seed_lines, silent_router
 
 TIMEOUT_S = 15.0
 
@@ -86,18 +86,14 @@ async def test_request_raises_timeout_after_last_try(make_client: Callable[..., 
 async def test_a_cancelled_request_is_cancelled_not_retried(
     make_client: Callable[..., Client], context: zmq.asyncio.Context
 ) -> None:
-    silent = context.socket(zmq.ROUTER)  # takes requests, never answers
-    try:
-        port = silent.bind_to_random_port("tcp://127.0.0.1")
-        client = make_client([f"tcp://127.0.0.1:{port}"], timeout_ms=10_000, tries=3)
+    async with silent_router(context) as router:
+        client = make_client([router.endpoint], timeout_ms=10_000, tries=3)
         pending = asyncio.create_task(client.request(protocol.encode_request("c", b"x")))
         async with asyncio.timeout(TIMEOUT_S):
-            await silent.recv_multipart()  # the request is out: the client awaits its reply
+            await router.received_at_least(1)  # the request is out: the client awaits its reply
             pending.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await pending
-    finally:
-        silent.close(linger=0)
     assert client.last_tries == 1
 
 

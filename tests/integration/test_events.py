@@ -15,7 +15,7 @@ from reqrep import protocol
 from reqrep.client import Client
 from reqrep.errors import ConnectFailed, HandshakeFailed, RequestTimeout
 from reqrep.stack import LocalStack, free_port
-from tests.support import needs_nginx
+from tests.support import needs_nginx, silent_router
 
 TIMEOUT_S = 15.0
 
@@ -47,12 +47,8 @@ async def test_a_port_nothing_listens_on_is_a_refused_connection(
 async def test_a_silent_server_is_a_plain_timeout(
     make_client: Callable[..., Client], context: zmq.asyncio.Context
 ) -> None:
-    silent = context.socket(zmq.ROUTER)  # takes requests, never answers
-    try:
-        port = silent.bind_to_random_port("tcp://127.0.0.1")
-        error = await no_reply(make_client([f"tcp://127.0.0.1:{port}"], timeout_ms=300, tries=2))
-    finally:
-        silent.close(linger=0)
+    async with silent_router(context) as router:
+        error = await no_reply(make_client([router.endpoint], timeout_ms=300, tries=2))
     assert type(error) is RequestTimeout
     assert error.reason == "connected, but no reply came in time (the server may be busy or gone)"
 

@@ -275,9 +275,13 @@ async def test_bind_failure_is_reported_with_exit_status_1() -> None:
 
 # --- the user's handler -------------------------------------------------------------------
 
+# What ``blocking`` writes to its replica's log (stderr) just before it blocks its thread.
+BLOCKING = "userhandlers.blocking: blocking the thread now"
+
 # A handler module outside the repository, put on PYTHONPATH for the server processes below.
-HANDLERS_MODULE = """
+HANDLERS_MODULE = f"""
 import asyncio
+import sys
 import time
 
 
@@ -296,6 +300,7 @@ def broken(request):
 
 def blocking(request):
     if request.data == b"block":
+        print({BLOCKING!r}, file=sys.stderr, flush=True)
         time.sleep(1.0)
     return b"done " + request.data
 """
@@ -451,12 +456,17 @@ async def test_every_request_gets_exactly_one_reply_whatever_its_handler_does(
 async def test_a_stop_cancels_what_outlives_the_grace_period_and_answers_it(
     start_server: Callable[..., Any], make_client: Callable[..., Client]
 ) -> None:
-    server = await start_server(slow_async, grace_s=0.2)
+    started = asyncio.Event()
+
+    async def slow_once_started(request: Request) -> bytes:
+        started.set()
+        return await slow_async(request)
+
+    server = await start_server(slow_once_started, grace_s=0.2)
     client = make_client([server.endpoint], timeout_ms=5000, tries=1)
     async with asyncio.timeout(TIMEOUT_S):
         pending = asyncio.create_task(client.request(protocol.encode_request("c", b"30")))
-        while server.server.requests_served < 1:
-            await asyncio.sleep(0.01)  # the request is in; no event tells the test
+        await started.wait()  # the request is in its handler
         await server.stop()
         reply = await pending
     assert reply.status == "Server error"
@@ -524,8 +534,7 @@ async def test_a_blocking_handler_in_threads_leaves_the_replica_answering_and_dr
         replica = stack.replicas[0]
         async with asyncio.timeout(TIMEOUT_S):
             blocked = asyncio.create_task(make_client(stack.endpoints).call(b"block"))
-            await wait_for_log(replica, "Server", count=1)
-            await asyncio.sleep(0.1)  # the blocking request has reached its thread
+            await wait_for_log(replica, BLOCKING)  # the blocking request holds its thread
             started = time.perf_counter()
             pinged = await make_client(stack.endpoints, timeout_ms=500, tries=1).ping()
             ping_s = time.perf_counter() - started
