@@ -227,12 +227,11 @@ def swarm_of_nodes(prefix: str, count: int = 3) -> Iterator[Swarm]:
 
 def remove(swarm: Swarm) -> None:
     """The node containers (their engines, swarm and images go with them) and the network."""
-    label = f"label={LABEL}={swarm.prefix}"
-    containers = docker("ps", "-aq", "--filter", label).split()
-    if containers:
-        docker("rm", "-f", "-v", *containers, timeout_s=120)
-    if docker("network", "ls", "-q", "--filter", label).split():
-        docker("network", "rm", swarm.network)
+    left = swarm.leftovers()
+    if "containers" in left:
+        docker("rm", "-f", "-v", *left["containers"], timeout_s=120)
+    if "networks" in left:
+        docker("network", "rm", *left["networks"])
 
 
 def load_images(nodes: Sequence[Node], images: Sequence[str]) -> None:
