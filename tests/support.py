@@ -590,6 +590,13 @@ def needs_compose() -> list[pytest.MarkDecorator]:
     ]
 
 
+def with_compose(test: Callable[..., Any]) -> Callable[..., Any]:
+    """A test on the compose stack: marked ``docker``, skipped without an engine and compose."""
+    for mark in needs_compose():
+        test = mark(test)
+    return test
+
+
 def run(
     command: Sequence[str],
     timeout_s: float,
@@ -779,6 +786,12 @@ class Project:
         labels = {"project": self.name, "service": service, "oneoff": "False"}
         filters = [f"--filter=label=com.docker.compose.{k}={v}" for k, v in labels.items()]
         return docker("ps", "-aq", "--no-trunc", *filters).split()
+
+    def running(self, service: str) -> list[str]:
+        """Full ids of the service's containers that are running."""
+        ids = self.containers(service)
+        states = docker("inspect", "-f", "{{.State.Running}}", *ids).split() if ids else []
+        return [i for i, state in zip(ids, states, strict=True) if state == "true"]
 
     def replica_names(self) -> set[str]:
         """What the servers put in their replies."""
