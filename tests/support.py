@@ -814,20 +814,36 @@ class Project:
         return labelled_leftovers(f"com.docker.compose.project={self.name}")
 
 
+def wait_until(
+    what: str, check: Callable[[], bool], timeout_s: float, diagnostics: Callable[[], str]
+) -> float:
+    """Seconds until ``check()`` holds, asked every POLL_INTERVAL_S; after ``timeout_s`` the
+    test fails, saying ``what`` did not happen, with ``diagnostics()`` (the state last seen,
+    logs)."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout_s:
+            pytest.fail(f"{what}: not after {timeout_s:.0f} s\n{diagnostics()}")
+        time.sleep(POLL_INTERVAL_S)  # polling the engine's state: there is no event to await
+    return time.monotonic() - started
+
+
 def wait_healthy(project: Project, count: int) -> None:
     """Until ``count`` server containers report healthy; bounded."""
-    deadline = time.monotonic() + HEALTHY_TIMEOUT_S
-    while True:
+    states: list[str] = []
+
+    def healthy() -> bool:
+        nonlocal states
         ids = project.containers("server")
         states = docker("inspect", "-f", "{{.State.Health.Status}}", *ids).split() if ids else []
-        if states.count("healthy") >= count:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"servers not healthy after {HEALTHY_TIMEOUT_S} s: {states}\n"
-                f"{project.diagnostics()}"
-            )
-        time.sleep(POLL_INTERVAL_S)  # polling the engine's health state: no event to await
+        return states.count("healthy") >= count
+
+    wait_until(
+        f"{count} servers healthy",
+        healthy,
+        HEALTHY_TIMEOUT_S,
+        lambda: f"{states}\n{project.diagnostics()}",
+    )
 
 
 async def probe(context: zmq.asyncio.Context, endpoint: str, **settings: Any) -> str:

@@ -38,6 +38,7 @@ from tests.support import (
     engine_problem,
     labelled_leftovers,
     run,
+    wait_until,
 )
 
 NODE_IMAGE = os.environ.get("SWARM_NODE_IMAGE", "docker:28-dind")
@@ -200,13 +201,15 @@ def form_swarm(nodes: Sequence[Node]) -> None:
 
 
 def wait_nodes_ready(swarm: Swarm) -> None:
-    deadline = time.monotonic() + ENGINE_TIMEOUT_S
-    while set((states := swarm.node_states()).values()) != {"Ready"} or len(states) < len(
-        swarm.nodes
-    ):
-        if time.monotonic() > deadline:
-            pytest.fail(f"swarm nodes not all Ready after {ENGINE_TIMEOUT_S:.0f} s: {states}")
-        time.sleep(POLL_INTERVAL_S)  # polling the swarm's view of its nodes: no event to await
+    """Until the swarm lists every node, all Ready; bounded."""
+    states: dict[str, str] = {}
+
+    def all_ready() -> bool:
+        nonlocal states
+        states = swarm.node_states()
+        return set(states.values()) == {"Ready"} and len(states) >= len(swarm.nodes)
+
+    wait_until("swarm nodes all Ready", all_ready, ENGINE_TIMEOUT_S, lambda: str(states))
 
 
 @contextlib.contextmanager
