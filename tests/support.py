@@ -690,6 +690,13 @@ def needs_compose() -> list[pytest.MarkDecorator]:
     ]
 
 
+def with_compose(test: Callable[..., Any]) -> Callable[..., Any]:
+    """A test on the compose stack: marked ``docker``, skipped without an engine and compose."""
+    for mark in needs_compose():
+        test = mark(test)
+    return test
+
+
 def run(
     command: Sequence[str],
     timeout_s: float,
@@ -880,6 +887,12 @@ class Project:
         filters = [f"--filter=label=com.docker.compose.{k}={v}" for k, v in labels.items()]
         return docker("ps", "-aq", "--no-trunc", *filters).split()
 
+    def running(self, service: str) -> list[str]:
+        """Full ids of the service's containers that are running."""
+        ids = self.containers(service)
+        states = docker("inspect", "-f", "{{.State.Running}}", *ids).split() if ids else []
+        return [i for i, state in zip(ids, states, strict=True) if state == "true"]
+
     def replica_names(self) -> set[str]:
         """What the servers put in their replies."""
         return {replica_name(container) for container in self.containers("server")}
@@ -901,20 +914,36 @@ class Project:
         return labelled_leftovers(f"com.docker.compose.project={self.name}")
 
 
+def wait_until(
+    what: str, check: Callable[[], bool], timeout_s: float, diagnostics: Callable[[], str]
+) -> float:
+    """Seconds until ``check()`` holds, asked every POLL_INTERVAL_S; after ``timeout_s`` the
+    test fails, saying ``what`` did not happen, with ``diagnostics()`` (the state last seen,
+    logs)."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout_s:
+            pytest.fail(f"{what}: not after {timeout_s:.0f} s\n{diagnostics()}")
+        time.sleep(POLL_INTERVAL_S)  # polling the engine's state: there is no event to await
+    return time.monotonic() - started
+
+
 def wait_healthy(project: Project, count: int) -> None:
     """Until ``count`` server containers report healthy; bounded."""
-    deadline = time.monotonic() + HEALTHY_TIMEOUT_S
-    while True:
+    states: list[str] = []
+
+    def healthy() -> bool:
+        nonlocal states
         ids = project.containers("server")
         states = docker("inspect", "-f", "{{.State.Health.Status}}", *ids).split() if ids else []
-        if states.count("healthy") >= count:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"servers not healthy after {HEALTHY_TIMEOUT_S} s: {states}\n"
-                f"{project.diagnostics()}"
-            )
-        time.sleep(POLL_INTERVAL_S)  # polling the engine's health state: no event to await
+        return states.count("healthy") >= count
+
+    wait_until(
+        f"{count} servers healthy",
+        healthy,
+        HEALTHY_TIMEOUT_S,
+        lambda: f"{states}\n{project.diagnostics()}",
+    )
 
 
 async def probe(context: zmq.asyncio.Context, endpoint: str, **settings: Any) -> str:

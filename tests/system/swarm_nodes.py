@@ -38,6 +38,7 @@ from tests.support import (
     engine_problem,
     labelled_leftovers,
     run,
+    wait_until,
 )
 
 NODE_IMAGE = os.environ.get("SWARM_NODE_IMAGE", "docker:28-dind")
@@ -200,13 +201,15 @@ def form_swarm(nodes: Sequence[Node]) -> None:
 
 
 def wait_nodes_ready(swarm: Swarm) -> None:
-    deadline = time.monotonic() + ENGINE_TIMEOUT_S
-    while set((states := swarm.node_states()).values()) != {"Ready"} or len(states) < len(
-        swarm.nodes
-    ):
-        if time.monotonic() > deadline:
-            pytest.fail(f"swarm nodes not all Ready after {ENGINE_TIMEOUT_S:.0f} s: {states}")
-        time.sleep(POLL_INTERVAL_S)  # polling the swarm's view of its nodes: no event to await
+    """Until the swarm lists every node, all Ready; bounded."""
+    states: dict[str, str] = {}
+
+    def all_ready() -> bool:
+        nonlocal states
+        states = swarm.node_states()
+        return set(states.values()) == {"Ready"} and len(states) >= len(swarm.nodes)
+
+    wait_until("swarm nodes all Ready", all_ready, ENGINE_TIMEOUT_S, lambda: str(states))
 
 
 @contextlib.contextmanager
@@ -227,12 +230,11 @@ def swarm_of_nodes(prefix: str, count: int = 3) -> Iterator[Swarm]:
 
 def remove(swarm: Swarm) -> None:
     """The node containers (their engines, swarm and images go with them) and the network."""
-    label = f"label={LABEL}={swarm.prefix}"
-    containers = docker("ps", "-aq", "--filter", label).split()
-    if containers:
-        docker("rm", "-f", "-v", *containers, timeout_s=120)
-    if docker("network", "ls", "-q", "--filter", label).split():
-        docker("network", "rm", swarm.network)
+    left = swarm.leftovers()
+    if "containers" in left:
+        docker("rm", "-f", "-v", *left["containers"], timeout_s=120)
+    if "networks" in left:
+        docker("network", "rm", *left["networks"])
 
 
 def load_images(nodes: Sequence[Node], images: Sequence[str]) -> None:

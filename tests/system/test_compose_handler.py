@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,7 +36,6 @@ from tests.support import (
     ANSWER_TIMEOUT_S,
     COMPOSE_REPLICAS,
     HEALTHY_TIMEOUT_S,
-    POLL_INTERVAL_S,
     PROJECT_DIR,
     Project,
     assert_demo_client_printed_the_seed_lines,
@@ -46,6 +44,7 @@ from tests.support import (
     docker_unchecked,
     needs_compose,
     wait_for_replica,
+    wait_until,
 )
 
 pytestmark = needs_compose()
@@ -118,14 +117,18 @@ def test_handler_dir_and_handler_come_from_the_environment(tmp_path: Path) -> No
 
 def wait_container_healthy(container: str) -> None:
     """Until the container's health check passes; bounded."""
-    deadline = time.monotonic() + HEALTHY_TIMEOUT_S
-    while (state := docker("inspect", "-f", "{{.State.Health.Status}}", container).strip()) != (
-        "healthy"
-    ):
-        if time.monotonic() > deadline:
-            logs = docker_unchecked("logs", "--tail", "20", container)
-            pytest.fail(f"{container} is {state} after {HEALTHY_TIMEOUT_S} s:\n{logs.stderr}")
-        time.sleep(POLL_INTERVAL_S)  # polling the engine's health state: no event to await
+    state = ""
+
+    def healthy() -> bool:
+        nonlocal state
+        state = docker("inspect", "-f", "{{.State.Health.Status}}", container).strip()
+        return state == "healthy"
+
+    def diagnostics() -> str:
+        logs = docker_unchecked("logs", "--tail", "20", container)
+        return f"{container} is {state}:\n{logs.stderr}"
+
+    wait_until(f"{container} healthy", healthy, HEALTHY_TIMEOUT_S, diagnostics)
 
 
 async def test_an_image_built_from_the_server_image_serves_its_handler() -> None:

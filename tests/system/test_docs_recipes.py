@@ -45,7 +45,7 @@ from tests.support import (
     COMPOSE_REPLICAS,
     POLL_INTERVAL_S,
     PROJECT_DIR,
-    SETUP_HINT,
+    SEED_REQUESTS,
     UP_TIMEOUT_S,
     DocShell,
     Finished,
@@ -60,6 +60,7 @@ from tests.support import (
     shell_commands,
     wait_for_replica,
     wait_healthy,
+    with_compose,
 )
 
 SECURITY_PAGE = PROJECT_DIR / "docs" / "security.md"
@@ -67,7 +68,6 @@ SECURITY_PAGE = PROJECT_DIR / "docs" / "security.md"
 READER = (4711, 4711)
 DOCUMENTED_PORT = "5555"
 DOCKER_SOCKET = Path("/var/run/docker.sock")
-SEED_REQUESTS = 10
 
 
 def reader_problem() -> str | None:
@@ -80,11 +80,6 @@ def reader_problem() -> str | None:
 
 
 needs_reader = pytest.mark.skipif(reader_problem() is not None, reason=str(reader_problem()))
-
-
-def skip_without_compose() -> None:
-    if (problem := engine_problem()) is not None:
-        pytest.skip(f"{problem}; {SETUP_HINT}")
 
 
 @dataclass
@@ -199,12 +194,11 @@ async def test_curve_on_the_host(security_page: Page) -> None:
 
 
 @needs_reader
-@pytest.mark.docker
+@with_compose
 async def test_curve_with_docker_compose_after_the_host_recipe(
     security_page: Page, project: Project
 ) -> None:
     """The compose recipe on the keys of the host one; the reader's client still reads its key."""
-    skip_without_compose()
     await security_page.through(0)
     for command in security_page.blocks[1]:
         up = " up " in command
@@ -283,15 +277,8 @@ async def log_until(log: Path, line: re.Pattern[str], timeout_s: float) -> str:
     return text
 
 
-def running(project: Project, service: str) -> list[str]:
-    ids = project.containers(service)
-    states = docker("inspect", "-f", "{{.State.Running}}", *ids).split() if ids else []
-    return [i for i, state in zip(ids, states, strict=True) if state == "true"]
-
-
-@pytest.mark.docker
+@with_compose
 async def test_readme_stack_scaled_stays_scaled(tmp_path: Path) -> None:
-    skip_without_compose()
     project = Project(f"zmqreadme{os.getpid()}", free_port())
     shell = compose_shell(project, fresh_checkout(tmp_path / "checkout"))
     log = tmp_path / "up.log"
@@ -309,13 +296,13 @@ async def test_readme_stack_scaled_stays_scaled(tmp_path: Path) -> None:
         wait_healthy(project, SCALED)
         for command in documented_block(DOCKER_PAGE, "NGINX_LIMITS"):
             await shell.run(command)
-        assert len(running(project, "server")) == SCALED, "a command scaled the servers back"
-        (nginx,) = running(project, "nginx")
+        assert len(project.running("server")) == SCALED, "a command scaled the servers back"
+        (nginx,) = project.running("nginx")
         assert "1000" in docker("exec", nginx, "cat", "/etc/nginx/zmq-limits.conf")
         await wait_for_replica(project.endpoint)
     finally:
         await shell.interrupt(STACK_STOP_TIMEOUT_S)  # Ctrl-C in the first terminal
-        still_running = [s for s in ("server", "nginx") if running(project, s)]
+        still_running = [s for s in ("server", "nginx") if project.running(s)]
         project.down()
     assert still_running == [], f"Ctrl-C left {still_running} running"
 
@@ -330,9 +317,8 @@ def query_values(output: str) -> list[float]:
     return [float(result["value"][1]) for result in answer["data"]["result"]]
 
 
-@pytest.mark.docker
+@with_compose
 async def test_metrics_monitoring_recipe_sees_the_traffic(tmp_path: Path) -> None:
-    skip_without_compose()
     prometheus = free_port()
     settings = {"PROMETHEUS_PORT": str(prometheus), "COMPOSE_PROFILES": "monitoring"}
     project = Project(f"zmqmetrics{os.getpid()}", free_port(), settings=settings)

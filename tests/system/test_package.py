@@ -10,16 +10,14 @@ reach PyPI, as every install here does.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import venv
 from pathlib import Path
 
 import pytest
 
-from reqrep import nginx
 from reqrep.stack import free_port
-from tests.support import PROJECT_DIR, seed_lines
+from tests.support import PROJECT_DIR, fresh_checkout, needs_nginx, seed_lines
 
 INSTALL_TIMEOUT_S = 300.0
 RUN_TIMEOUT_S = 60.0
@@ -30,15 +28,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv with the package installed from the checkout; its bin/."""
     home = tmp_path_factory.mktemp("venv")
     venv.create(home, with_pip=True)
-    # A copy of what git tracks, as a fresh clone has it (pip builds in the tree it is given).
-    source = tmp_path_factory.mktemp("source")
-    archive = subprocess.run(
-        ["git", "-C", str(PROJECT_DIR), "ls-files", "-z"], capture_output=True, check=True
-    )
-    for name in archive.stdout.decode().split("\0"):
-        if name and (PROJECT_DIR / name).is_file():
-            (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(PROJECT_DIR / name, source / name)
+    # What a fresh clone has (pip builds in the tree it is given).
+    source = fresh_checkout(tmp_path_factory.mktemp("source"))
     pip = [str(home / "bin" / "python"), "-m", "pip", "install", "--quiet"]
     done = subprocess.run(
         [*pip, "--disable-pip-version-check", str(source)],
@@ -101,7 +92,7 @@ def test_the_installed_package_runs_from_any_directory(installed: Path, tmp_path
     assert "handler=mine:shout" in log
 
 
-@pytest.mark.skipif(nginx.binary() is None, reason="nginx is not installed")
+@needs_nginx
 def test_run_clients_local_finds_nginxs_settings_in_the_installed_package(
     installed: Path, tmp_path: Path
 ) -> None:

@@ -19,8 +19,7 @@ the longest stall, p99 and nginx's log counts (``pytest -s``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
@@ -29,13 +28,12 @@ from tests.support import (
     DeployLoad,
     Project,
     compose_project,
-    docker,
     docker_unchecked,
-    needs_compose,
     nginx_trouble,
     probe_until,
     replica_name,
     run_script,
+    with_compose,
 )
 
 SCRIPT = "scripts/rollout.py"
@@ -63,12 +61,6 @@ def project() -> Iterator[Project]:
         yield started
 
 
-def running_servers(project: Project) -> set[str]:
-    ids = project.containers("server")
-    states = docker("inspect", "-f", "{{.State.Running}} {{.Id}}", *ids).split("\n")
-    return {line.split()[1] for line in states if line.startswith("true")}
-
-
 def load_on(project: Project) -> DeployLoad:
     return DeployLoad.on([(project.endpoint,)])
 
@@ -80,19 +72,12 @@ def nginx_log_since(project: Project, since: float) -> str:
     return done.stdout + done.stderr
 
 
-def with_compose(test: Callable[..., Any]) -> Callable[..., Any]:
-    """A test on the compose stack: marked ``docker``, skipped without an engine and compose."""
-    for mark in needs_compose():
-        test = mark(test)
-    return test
-
-
 @with_compose
 @pytest.mark.timeout(ROLLOUT_TIMEOUT_S)
 async def test_rollout_whose_replicas_are_not_healthy_in_time_keeps_the_old_ones(
     project: Project,
 ) -> None:
-    before = running_servers(project)
+    before = set(project.running("server"))
     load = load_on(project)
     since = time.time()
     async with load.running():
@@ -106,21 +91,21 @@ async def test_rollout_whose_replicas_are_not_healthy_in_time_keeps_the_old_ones
     print(load.report(f"rollout stopped (exit {done.status}): {done.stderr.strip()}", trouble))
     assert done.status == 1, done
     assert "not healthy after 1 s" in done.stderr
-    assert running_servers(project) == before
+    assert set(project.running("server")) == before
     load.assert_nothing_lost()
 
 
 @with_compose
 @pytest.mark.timeout(ROLLOUT_TIMEOUT_S)
 async def test_rollout_replaces_every_replica_and_loses_nothing(project: Project) -> None:
-    before = running_servers(project)
+    before = set(project.running("server"))
     load = load_on(project)
     since = time.time()
     async with load.running():
         started = time.monotonic()
         done = await run_script(SCRIPT, timeout_s=ROLLOUT_TIMEOUT_S, env=project.env)
         took_s = time.monotonic() - started
-    after = running_servers(project)
+    after = set(project.running("server"))
     trouble = nginx_trouble(nginx_log_since(project, since))
     print(load.report(f"rollout of 3 replicas (exit {done.status}) in {took_s:.1f} s", trouble))
     assert done.status == 0, done

@@ -46,7 +46,6 @@ import pytest
 from tests.support import (
     BUILD_TIMEOUT_S,
     DOCKER_TIMEOUT_S,
-    POLL_INTERVAL_S,
     DeployLoad,
     MeasuredClients,
     SwarmTask,
@@ -56,6 +55,7 @@ from tests.support import (
     nginx_trouble,
     probe_until,
     swarm_tasks,
+    wait_until,
 )
 from tests.system.swarm_nodes import (
     DEPLOY_DIR_IN_NODE,
@@ -157,12 +157,7 @@ class Stack:
         timeout_s: float = CONVERGE_TIMEOUT_S,
     ) -> float:
         """Seconds until ``check()`` holds; fail after ``timeout_s`` with the tasks' states."""
-        started = time.monotonic()
-        while not check():
-            if time.monotonic() - started > timeout_s:
-                pytest.fail(f"{what}: not after {timeout_s:.0f} s\n{self.diagnostics()}")
-            time.sleep(POLL_INTERVAL_S)  # polling Swarm's state: there is no event to await
-        return time.monotonic() - started
+        return wait_until(what, check, timeout_s, self.diagnostics)
 
     async def wait_async(
         self, what: str, check: Callable[[], bool], timeout_s: float = CONVERGE_TIMEOUT_S
